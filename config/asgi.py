@@ -1,0 +1,21 @@
+"""ASGI entry: Django over HTTP, and websockets that learn their operator and user from Host and session."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from core.consumers import LiveConsumer  # noqa: E402
+from core.websocket import TenantSessionMiddleware  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": TenantSessionMiddleware(URLRouter([path("ws/live/", LiveConsumer.as_asgi())])),
+    }
+)

@@ -1,0 +1,13 @@
+"""The Celery app: Redis broker, one queue per kind of work, tasks run in their operator's schema."""
+
+import os
+
+from kombu import Queue
+from tenant_schemas_celery.app import CeleryApp
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
+
+app = CeleryApp("opencarrier", task_cls="core.tasks:OperatorTask")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_queues = [Queue(name, routing_key=name) for name in ("default", "rating", "sms", "callcontrol", "reports")]
+app.autodiscover_tasks()
