@@ -47,14 +47,23 @@ def django_db_setup(django_db_setup, django_db_blocker, tmp_path_factory):
         cache.clear()  # throttle counters of an earlier run must not leak into this one
         call_command("prepare_platform", verbosity=0)
         logins = demo_load(logins_file=tmp_path_factory.mktemp("demo") / "logins.json")
-        operator_provision(slug="rival", name="Rival Mobile", domain="rival.localhost",
-                           admin_email="admin@rival.localhost", send_welcome=False)
+        operator_provision(
+            slug="rival",
+            name="Rival Mobile",
+            domain="rival.localhost",
+            admin_email="admin@rival.localhost",
+            send_welcome=False,
+        )
         with schema_context("rival"):
             staff = get_user_model().objects.get(username="admin@rival.localhost")
             staff.set_password("rival-staff-pass")
             staff.save()
-        world = World(demo=Operator.objects.get(schema_name="demo"), rival=Operator.objects.get(schema_name="rival"),
-                      logins=logins, rival_staff_password="rival-staff-pass")
+        world = World(
+            demo=Operator.objects.get(schema_name="demo"),
+            rival=Operator.objects.get(schema_name="rival"),
+            logins=logins,
+            rival_staff_password="rival-staff-pass",
+        )
         with schema_context("demo"):
             world.sessions["demo_staff"] = _session_for("admin@demo.localhost")
             world.sessions["acme_user"] = _session_for("boss@acme.example")

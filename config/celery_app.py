@@ -9,5 +9,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
 app = CeleryApp("opencarrier", task_cls="core.tasks:OperatorTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.task_queues = [Queue(name, routing_key=name) for name in ("default", "rating", "sms", "callcontrol", "reports")]
+app.conf.task_queues = [
+    Queue(name, routing_key=name) for name in ("default", "rating", "sms", "callcontrol", "reports")
+]
 app.autodiscover_tasks()

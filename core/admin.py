@@ -57,7 +57,11 @@ class ApiKeyAdmin(admin.ModelAdmin):
             return super().save_model(request, obj, form, change)
         issued = api_key_create(user=obj.user, name=obj.name)
         obj.pk = issued.api_key.pk
-        obj.prefix, obj.hashed_key, obj.created_at = issued.api_key.prefix, issued.api_key.hashed_key, issued.api_key.created_at
+        obj.prefix, obj.hashed_key, obj.created_at = (
+            issued.api_key.prefix,
+            issued.api_key.hashed_key,
+            issued.api_key.created_at,
+        )
         messages.warning(request, f"New API key (shown only now, copy it): {issued.raw_key}")
 
     @admin.action(description="Revoke selected keys")

@@ -46,17 +46,27 @@ def demo_load(*, logins_file: Path = LOGINS_FILE) -> dict:
     else:
         admin.set_password(platform_password)
         admin.save()
-    logins["platform"] = {"url": _url(settings.PLATFORM_DOMAIN, "/admin/"), "email": "admin@localhost",
-                          "password": platform_password}
+    logins["platform"] = {
+        "url": _url(settings.PLATFORM_DOMAIN, "/admin/"),
+        "email": "admin@localhost",
+        "password": platform_password,
+    }
 
     if not Operator.objects.filter(schema_name=DEMO_SLUG).exists():
         operator_provision(
-            slug=DEMO_SLUG, name="Demo Telecom", domain=DEMO_DOMAIN, admin_email="admin@demo.localhost",
-            products=["mvno", "pbx", "sms"], time_zone="Europe/Madrid", currency="EUR",
-            product_name="DemoTel", send_welcome=False,
+            slug=DEMO_SLUG,
+            name="Demo Telecom",
+            domain=DEMO_DOMAIN,
+            admin_email="admin@demo.localhost",
+            products=["mvno", "pbx", "sms"],
+            time_zone="Europe/Madrid",
+            currency="EUR",
+            product_name="DemoTel",
+            send_welcome=False,
         )
-        Operator.objects.filter(schema_name=DEMO_SLUG).update(primary_colour="#6a1b9a", accent_colour="#ffb300",
-                                                              support_email="support@demo.localhost")
+        Operator.objects.filter(schema_name=DEMO_SLUG).update(
+            primary_colour="#6a1b9a", accent_colour="#ffb300", support_email="support@demo.localhost"
+        )
     operator = Operator.objects.get(schema_name=DEMO_SLUG)
     with schema_context(DEMO_SLUG):
         operator_password, client_password = _password(), _password()
@@ -65,18 +75,29 @@ def demo_load(*, logins_file: Path = LOGINS_FILE) -> dict:
         staff.save()
         acme = Customer.objects.filter(subdomain="acme").first()
         if acme is None:
-            acme = customer_create(name="Acme Corp", kind=CustomerKind.PBX_CLIENT, subdomain="acme",
-                                   admin_email="boss@acme.example", admin_password=client_password)
+            acme = customer_create(
+                name="Acme Corp",
+                kind=CustomerKind.PBX_CLIENT,
+                subdomain="acme",
+                admin_email="boss@acme.example",
+                admin_password=client_password,
+            )
         else:
             boss = User.objects.get(username="boss@acme.example")
             boss.set_password(client_password)
             boss.save()
         for module, function in DEMO_STEPS:
             getattr(__import__(module, fromlist=[function]), function)(operator=operator)
-    logins["operator"] = {"url": _url(DEMO_DOMAIN, "/admin/"), "email": "admin@demo.localhost",
-                          "password": operator_password}
-    logins["client"] = {"url": _url(f"acme.{DEMO_DOMAIN}", "/"), "email": "boss@acme.example",
-                        "password": client_password}
+    logins["operator"] = {
+        "url": _url(DEMO_DOMAIN, "/admin/"),
+        "email": "admin@demo.localhost",
+        "password": operator_password,
+    }
+    logins["client"] = {
+        "url": _url(f"acme.{DEMO_DOMAIN}", "/"),
+        "email": "boss@acme.example",
+        "password": client_password,
+    }
     logins_file.parent.mkdir(parents=True, exist_ok=True)
     logins_file.write_text(json.dumps(logins, indent=2))
     logins_file.chmod(0o600)

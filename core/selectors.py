@@ -12,6 +12,9 @@ def customer_for_user(*, user) -> Customer | None:
 
 
 def api_key_find(*, raw_key: str) -> ApiKey | None:
-    return ApiKey.objects.usable().select_related("user", "user__customer_member__customer").filter(
-        hashed_key=hash_api_key(raw_key)
-    ).first()
+    return (
+        ApiKey.objects.usable()
+        .select_related("user", "user__customer_member__customer")
+        .filter(hashed_key=hash_api_key(raw_key))
+        .first()
+    )

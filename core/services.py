@@ -51,7 +51,12 @@ def user_create(*, email: str, password: str | None = None, is_staff: bool = Fal
 
 @transaction.atomic
 def customer_create(
-    *, name: str, kind: str, subdomain: str | None = None, admin_email: str | None = None, admin_password: str | None = None
+    *,
+    name: str,
+    kind: str,
+    subdomain: str | None = None,
+    admin_email: str | None = None,
+    admin_password: str | None = None,
 ) -> Customer:
     customer = Customer(name=name, kind=kind, subdomain=subdomain or None)
     customer.full_clean()

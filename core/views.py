@@ -21,8 +21,11 @@ class PanelAuthenticationForm(AuthenticationForm):
         super().confirm_login_allowed(user)
         host_customer = getattr(self.request, "host_customer", None)
         if host_customer is not None and customer_for_user(user=user) != host_customer:
-            raise forms.ValidationError(self.error_messages["invalid_login"], code="invalid_login",
-                                        params={"username": self.username_field.verbose_name})
+            raise forms.ValidationError(
+                self.error_messages["invalid_login"],
+                code="invalid_login",
+                params={"username": self.username_field.verbose_name},
+            )
 
 
 class PanelLoginView(auth_views.LoginView):

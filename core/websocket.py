@@ -41,7 +41,11 @@ def resolve_scope(host: str, session_key: str | None) -> dict:
         connection.set_tenant(domain.tenant)
         user = _session_user(session_key)
         staff = bool(user and user.is_staff and customer_for_user(user=user) is None)
-        return {"schema_name": domain.tenant.schema_name, "user_id": user.pk if user else None, "is_operator_staff": staff}
+        return {
+            "schema_name": domain.tenant.schema_name,
+            "user_id": user.pk if user else None,
+            "is_operator_staff": staff,
+        }
     finally:
         connection.set_schema_to_public()
 

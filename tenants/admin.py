@@ -76,8 +76,12 @@ class OperatorAdmin(admin.ModelAdmin):
             else:
                 messages.success(request, f"Operator provisioned. Console: {result.console_url}")
                 return redirect(reverse("platform:tenants_operator_change", args=[result.operator.pk]))
-        context = {**self.admin_site.each_context(request), "title": "Provision an operator", "form": form,
-                   "opts": self.model._meta}
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Provision an operator",
+            "form": form,
+            "opts": self.model._meta,
+        }
         return TemplateResponse(request, "admin/tenants/provision.html", context)
 
     @admin.action(description="Suspend selected operators")

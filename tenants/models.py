@@ -37,8 +37,12 @@ class Operator(TenantMixin):
     name = models.CharField(max_length=200)
     status = models.CharField(max_length=16, choices=OperatorStatus.choices, default=OperatorStatus.ACTIVE)
     products = ArrayField(models.CharField(max_length=8, choices=Product.choices), default=list, blank=True)
-    time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone],
-                                 help_text="IANA name, e.g. Europe/Madrid: tariffs' time bands and reports use it.")
+    time_zone = models.CharField(
+        max_length=64,
+        default="UTC",
+        validators=[validate_time_zone],
+        help_text="IANA name, e.g. Europe/Madrid: tariffs' time bands and reports use it.",
+    )
     currency = models.CharField(max_length=3, default="EUR", help_text="ISO 4217 code of the operator's books.")
 
     product_name = models.CharField(max_length=100, blank=True, help_text="Brand shown on every page.")

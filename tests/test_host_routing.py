@@ -42,7 +42,9 @@ def test_client_subdomain_resolves_to_the_operator_and_the_client(world, acme_cl
     assert response.wsgi_request.tenant.schema_name == "demo"
 
 
-@pytest.mark.parametrize("host", ["nowhere.localhost", "ghost.demo.localhost", "acme.localhost", "demo.localhost.evil.com"])
+@pytest.mark.parametrize(
+    "host", ["nowhere.localhost", "ghost.demo.localhost", "acme.localhost", "demo.localhost.evil.com"]
+)
 def test_unknown_hosts_answer_404(world, host):
     from conftest import host_client
 
@@ -60,15 +62,17 @@ def test_unknown_host_api_404_is_in_the_error_shape(world):
 
 
 def test_client_login_rejects_another_customers_user(world, acme_client, in_schema):
-    response = acme_client.post("/accounts/login/", {"username": "admin@demo.localhost",
-                                                      "password": world.logins["operator"]["password"]})
+    response = acme_client.post(
+        "/accounts/login/", {"username": "admin@demo.localhost", "password": world.logins["operator"]["password"]}
+    )
     assert response.status_code == 200  # form shown again with the error, nobody logged in
     assert "_auth_user_id" not in acme_client.session
 
 
 def test_client_login_lets_the_clients_user_in(world, acme_client):
-    response = acme_client.post("/accounts/login/", {"username": "boss@acme.example",
-                                                      "password": world.logins["client"]["password"]})
+    response = acme_client.post(
+        "/accounts/login/", {"username": "boss@acme.example", "password": world.logins["client"]["password"]}
+    )
     assert response.status_code == 302
     assert acme_client.get("/dashboard/").status_code == 200
 
@@ -108,8 +112,9 @@ def test_operator_logo_is_generated_in_its_colours(world, demo_client):
     assert b"#6a1b9a" in response.content
 
 
-def test_operator_api_key_is_refused_on_platform_and_other_operator(world, demo_client, rival_client, platform_client,
-                                                                     in_schema):
+def test_operator_api_key_is_refused_on_platform_and_other_operator(
+    world, demo_client, rival_client, platform_client, in_schema
+):
     with in_schema("demo"):
         raw = api_key_create(user=get_user_model().objects.get(username="admin@demo.localhost"), name="k").raw_key
     auth = {"HTTP_AUTHORIZATION": f"Api-Key {raw}"}

@@ -16,5 +16,7 @@ STORAGES = {
 }
 CACHES["default"]["KEY_PREFIX"] = "test"  # noqa: F405
 CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = "oc:test:ws"  # noqa: F405
-# Tests read task results back (the platform itself does not keep them).
-CELERY_RESULT_BACKEND = CELERY_BROKER_URL  # noqa: F405
+# A broker database of their own, so a `make run` worker on the same embedded Redis never takes test tasks;
+# tests read task results back (the platform itself does not keep them).
+CELERY_BROKER_URL = CELERY_BROKER_URL + ("&" if "?" in CELERY_BROKER_URL else "?") + "virtual_host=9"  # noqa: F405
+CELERY_RESULT_BACKEND = CELERY_BROKER_URL

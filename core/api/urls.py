@@ -1,4 +1,5 @@
 from django.urls import path
+
 from core.api.routers import Router
 
 from .views import ApiKeyViewSet, MeView

@@ -11,14 +11,28 @@ class OperatorSerializer(serializers.ModelSerializer):
     class Meta:
         model = Operator
         fields = [
-            "id", "slug", "name", "status", "products", "time_zone", "currency", "product_name",
-            "primary_colour", "accent_colour", "support_email", "domains", "created_at", "updated_at",
+            "id",
+            "slug",
+            "name",
+            "status",
+            "products",
+            "time_zone",
+            "currency",
+            "product_name",
+            "primary_colour",
+            "accent_colour",
+            "support_email",
+            "domains",
+            "created_at",
+            "updated_at",
         ]
         read_only_fields = ["status", "created_at", "updated_at"]
 
 
 class OperatorProvisionSerializer(serializers.Serializer):
-    slug = serializers.CharField(max_length=41, validators=[slug_validator], help_text="Becomes the schema name: a-z, 0-9, _.")
+    slug = serializers.CharField(
+        max_length=41, validators=[slug_validator], help_text="Becomes the schema name: a-z, 0-9, _."
+    )
     name = serializers.CharField(max_length=200)
     domain = serializers.CharField(max_length=253)
     admin_email = serializers.EmailField()

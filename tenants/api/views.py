@@ -13,7 +13,9 @@ from tenants.services import OperatorConflict, operator_provision, operator_set_
 from .serializers import OperatorProvisionSerializer, OperatorSerializer, ProvisionedOperatorSerializer
 
 
-class OperatorViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin, viewsets.GenericViewSet):
+class OperatorViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin, viewsets.GenericViewSet
+):
     """Operators of the platform (platform staff keys only): provision, list, brand, suspend, resume."""
 
     permission_classes = [IsPlatformStaff]
@@ -38,9 +40,13 @@ class OperatorViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.U
     @extend_schema(request=None, responses=OperatorSerializer)
     @action(detail=True, methods=["post"])
     def suspend(self, request, slug=None):
-        return Response(OperatorSerializer(operator_set_status(operator=self.get_object(), status=OperatorStatus.SUSPENDED)).data)
+        return Response(
+            OperatorSerializer(operator_set_status(operator=self.get_object(), status=OperatorStatus.SUSPENDED)).data
+        )
 
     @extend_schema(request=None, responses=OperatorSerializer)
     @action(detail=True, methods=["post"])
     def resume(self, request, slug=None):
-        return Response(OperatorSerializer(operator_set_status(operator=self.get_object(), status=OperatorStatus.ACTIVE)).data)
+        return Response(
+            OperatorSerializer(operator_set_status(operator=self.get_object(), status=OperatorStatus.ACTIVE)).data
+        )

@@ -73,8 +73,14 @@ def test_failure_midway_leaves_no_schema_domain_or_user(world, monkeypatch):
 
 
 def test_create_operator_command_prints_console_url(world, capsys):
-    call_command("create_operator", slug="clico", name="CliCo", domain="clico.example.com", admin_email="a@clico.com",
-                 products="sms,pbx")
+    call_command(
+        "create_operator",
+        slug="clico",
+        name="CliCo",
+        domain="clico.example.com",
+        admin_email="a@clico.com",
+        products="sms,pbx",
+    )
     out = json.loads(capsys.readouterr().out)
     assert out == {"slug": "clico", "console_url": "http://clico.example.com:8000/admin/", "admin_email": "a@clico.com"}
     assert Operator.objects.get(schema_name="clico").products == ["sms", "pbx"]
@@ -88,8 +94,15 @@ def _platform_key():
 def test_platform_api_provisions_an_operator(world, platform_client):
     response = platform_client.post(
         "/api/v1/platform/operators/",
-        {"slug": "apico", "name": "ApiCo", "domain": "apico.example.com", "admin_email": "a@apico.com", "products": ["sms"]},
-        content_type="application/json", HTTP_AUTHORIZATION=f"Api-Key {_platform_key()}",
+        {
+            "slug": "apico",
+            "name": "ApiCo",
+            "domain": "apico.example.com",
+            "admin_email": "a@apico.com",
+            "products": ["sms"],
+        },
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Api-Key {_platform_key()}",
     )
     assert response.status_code == 201, response.content
     body = response.json()
@@ -101,7 +114,8 @@ def test_platform_api_same_slug_is_409_in_the_error_shape(world, platform_client
     response = platform_client.post(
         "/api/v1/platform/operators/",
         {"slug": "demo", "name": "Again", "domain": "again.example.com", "admin_email": "a@again.com"},
-        content_type="application/json", HTTP_AUTHORIZATION=f"Api-Key {_platform_key()}",
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Api-Key {_platform_key()}",
     )
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "conflict"
@@ -112,7 +126,8 @@ def test_platform_api_bad_slug_names_the_field(world, platform_client):
     response = platform_client.post(
         "/api/v1/platform/operators/",
         {"slug": "Bad Slug!", "name": "X", "domain": "x.example.com", "admin_email": "not-an-email"},
-        content_type="application/json", HTTP_AUTHORIZATION=f"Api-Key {_platform_key()}",
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Api-Key {_platform_key()}",
     )
     assert response.status_code == 400
     assert set(response.json()["error"]["fields"]) == {"slug", "admin_email"}
@@ -128,9 +143,16 @@ def test_platform_api_suspend_and_resume(world, platform_client):
 def test_platform_admin_provisions_through_the_console(world, platform_client):
     staff = get_user_model().objects.get(username="admin@localhost")
     platform_client.force_login(staff)
-    response = platform_client.post("/admin/tenants/operator/add/", {
-        "slug": "consoleco", "name": "ConsoleCo", "domain": "consoleco.example.com", "admin_email": "a@consoleco.com",
-        "time_zone": "UTC", "currency": "EUR",
-    })
+    response = platform_client.post(
+        "/admin/tenants/operator/add/",
+        {
+            "slug": "consoleco",
+            "name": "ConsoleCo",
+            "domain": "consoleco.example.com",
+            "admin_email": "a@consoleco.com",
+            "time_zone": "UTC",
+            "currency": "EUR",
+        },
+    )
     assert response.status_code == 302, response.content
     assert schema_exists("consoleco")

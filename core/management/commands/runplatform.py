@@ -29,24 +29,70 @@ class Command(BaseCommand):
         python = sys.executable
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         commands = {
-            "web": [python, "-m", "uvicorn", "config.asgi:application", "--host", options["host"],
-                    "--port", str(options["port"]), "--workers", str(options["web_workers"]),
-                    "--no-access-log", "--lifespan", "off"],
-            "worker": [python, "-m", "celery", "-A", "config", "worker", "-Q", ",".join(settings.CELERY_TASK_QUEUES_NAMES),
-                       "--concurrency", "2", "--loglevel", "WARNING", "-n", "worker@%h"],
-            "beat": [python, "-m", "celery", "-A", "config", "beat", "--loglevel", "WARNING",
-                     "-s", str(embedded.VAR_DIR / "celerybeat-schedule")],
+            "web": [
+                python,
+                "-m",
+                "uvicorn",
+                "config.asgi:application",
+                "--host",
+                options["host"],
+                "--port",
+                str(options["port"]),
+                "--workers",
+                str(options["web_workers"]),
+                "--no-access-log",
+                "--lifespan",
+                "off",
+            ],
+            "worker": [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-Q",
+                ",".join(settings.CELERY_TASK_QUEUES_NAMES),
+                "--concurrency",
+                "2",
+                "--loglevel",
+                "WARNING",
+                "-n",
+                "worker@%h",
+            ],
+            "beat": [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "beat",
+                "--loglevel",
+                "WARNING",
+                "-s",
+                str(embedded.VAR_DIR / "celerybeat-schedule"),
+            ],
         }
         children = {name: subprocess.Popen(cmd, env=env, start_new_session=True) for name, cmd in commands.items()}
         base = f"http://%s:{options['port']}"
-        self.stdout.write(self.style.SUCCESS(f"\nOpenCarrier is up ({time.monotonic() - started:.1f} s). Ctrl-C stops it.\n"))
-        self.stdout.write(f"  platform console  {base % 'localhost'}/admin/   {logins['platform']['email']} / "
-                          f"{logins['platform']['password']}")
-        self.stdout.write(f"  operator console  {base % 'demo.localhost'}/admin/   {logins['operator']['email']} / "
-                          f"{logins['operator']['password']}")
-        self.stdout.write(f"  client panel      {base % 'acme.demo.localhost'}/   {logins['client']['email']} / "
-                          f"{logins['client']['password']}")
-        self.stdout.write(f"  API docs          {base % 'demo.localhost'}/api/docs/  (platform: {base % 'localhost'}/api/docs/)")
+        self.stdout.write(
+            self.style.SUCCESS(f"\nOpenCarrier is up ({time.monotonic() - started:.1f} s). Ctrl-C stops it.\n")
+        )
+        self.stdout.write(
+            f"  platform console  {base % 'localhost'}/admin/   {logins['platform']['email']} / "
+            f"{logins['platform']['password']}"
+        )
+        self.stdout.write(
+            f"  operator console  {base % 'demo.localhost'}/admin/   {logins['operator']['email']} / "
+            f"{logins['operator']['password']}"
+        )
+        self.stdout.write(
+            f"  client panel      {base % 'acme.demo.localhost'}/   {logins['client']['email']} / "
+            f"{logins['client']['password']}"
+        )
+        self.stdout.write(
+            f"  API docs          {base % 'demo.localhost'}/api/docs/  (platform: {base % 'localhost'}/api/docs/)"
+        )
         self.stdout.write(f"  health            {base % 'localhost'}/healthz\n")
         stopping = False
 

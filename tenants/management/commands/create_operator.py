@@ -33,5 +33,8 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         except ValidationError as exc:
             raise CommandError(json.dumps(exc.message_dict)) from exc
-        self.stdout.write(json.dumps({"slug": result.operator.slug, "console_url": result.console_url,
-                                      "admin_email": result.admin_email}))
+        self.stdout.write(
+            json.dumps(
+                {"slug": result.operator.slug, "console_url": result.console_url, "admin_email": result.admin_email}
+            )
+        )
