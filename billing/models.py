@@ -1,0 +1,207 @@
+from decimal import Decimal
+
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+
+from core.models import Customer
+
+from .choices import AccountKind, CdrStatus, EntryKind, Leg, ReservationStatus, Service, TariffKind
+
+
+def money_field(**kwargs) -> models.DecimalField:
+    # Full precision per record (6 decimals); statements round once per line (settings.MONEY_LINE_DECIMAL_PLACES).
+    return models.DecimalField(max_digits=20, decimal_places=6, **kwargs)
+
+
+class Tariff(models.Model):
+    """A named rate deck: what the operator charges a customer, or what a supplier trunk costs it."""
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=8, choices=TariffKind.choices, default=TariffKind.PRICE)
+    currency = models.CharField(max_length=3)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TimeBand(models.Model):
+    """A named period of the week (peak, off-peak, weekend) of one tariff, in the operator's time zone."""
+
+    tariff = models.ForeignKey(Tariff, on_delete=models.CASCADE, related_name="time_bands")
+    name = models.CharField(max_length=32)
+    weekdays = ArrayField(models.PositiveSmallIntegerField(), help_text="0 Monday … 6 Sunday")
+    start = models.TimeField()
+    end = models.TimeField(help_text="Exclusive; before start means the band runs past midnight.")
+
+    class Meta:
+        ordering = ["tariff", "name"]
+        constraints = [models.UniqueConstraint(fields=["tariff", "name"], name="uniq_time_band_name")]
+
+    def __str__(self) -> str:
+        return f"{self.tariff} {self.name}"
+
+
+class Rate(models.Model):
+    """One row of a rate deck: the price to numbers starting with `prefix`, from `effective_from` on."""
+
+    tariff = models.ForeignKey(Tariff, on_delete=models.CASCADE, related_name="rates")
+    prefix = models.CharField(max_length=15)
+    destination = models.CharField(max_length=100, blank=True)
+    service = models.CharField(max_length=8, choices=Service.choices, default=Service.VOICE)
+    rate = money_field(help_text="Per minute for voice; per part / event for SMS and USSD.")
+    connect_fee = money_field(default=Decimal(0))
+    first_increment = models.PositiveIntegerField(default=60)
+    next_increment = models.PositiveIntegerField(default=60)
+    min_charge = money_field(default=Decimal(0))
+    effective_from = models.DateTimeField(null=True, blank=True, help_text="Empty: immediately.")
+    time_band = models.CharField(max_length=32, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tariff", "prefix", "effective_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tariff", "prefix", "service", "effective_from", "time_band"],
+                name="uniq_rate_version",
+                nulls_distinct=False,
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.prefix} {self.destination} {self.rate}"
+
+    @property
+    def increment(self) -> str:
+        return f"{self.first_increment}/{self.next_increment}"
+
+
+class Account(models.Model):
+    """A balance: of one customer (subscriber, PBX client, SMS client, partner) or of the operator itself.
+
+    `balance` always equals the sum of its ledger entries (kept in the same transaction as each
+    entry); `reserved` is the sum of its held reservations.
+    """
+
+    customer = models.ForeignKey(Customer, null=True, blank=True, on_delete=models.PROTECT, related_name="accounts")
+    name = models.CharField(max_length=200)
+    code = models.CharField(max_length=80, unique=True, help_text="What CDRs name it by (e.g. Asterisk accountcode).")
+    currency = models.CharField(max_length=3)
+    kind = models.CharField(max_length=8, choices=AccountKind.choices, default=AccountKind.PREPAID)
+    credit_limit = money_field(default=Decimal(0), help_text="How far below zero a prepaid account may go.")
+    tariff = models.ForeignKey(Tariff, null=True, blank=True, on_delete=models.PROTECT, related_name="accounts")
+    balance = money_field(default=Decimal(0), editable=False)
+    reserved = money_field(default=Decimal(0), editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.code})"
+
+    @property
+    def available(self) -> Decimal:
+        """What a prepaid account can still spend: balance + credit limit - held reservations."""
+        return self.balance + self.credit_limit - self.reserved
+
+
+class AppendOnly(models.Model):
+    """Rows that are written once and never changed or deleted: the books are corrected by new rows."""
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not kwargs.get("force_insert"):
+            raise ValueError(f"{type(self).__name__} rows are append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValueError(f"{type(self).__name__} rows are append-only")
+
+
+class Cdr(models.Model):
+    """One leg of one call, or one SMS/USSD event, as the switch or SMSC reported it, with its rating."""
+
+    source = models.CharField(max_length=40, help_text="Where it came from: asterisk, freephone, api, sms…")
+    source_id = models.CharField(max_length=120)
+    service = models.CharField(max_length=8, choices=Service.choices, default=Service.VOICE)
+    leg = models.CharField(max_length=12, choices=Leg.choices, default=Leg.ORIGINATION)
+    correlation_id = models.CharField(max_length=120, blank=True, db_index=True)
+    account_code = models.CharField(max_length=80, blank=True)
+    account = models.ForeignKey(Account, null=True, blank=True, on_delete=models.PROTECT, related_name="cdrs")
+    caller = models.CharField(max_length=32, blank=True)
+    callee = models.CharField(max_length=32)
+    start = models.DateTimeField()
+    duration = models.PositiveIntegerField(default=0)
+    billsec = models.PositiveIntegerField(default=0)
+    units = models.PositiveIntegerField(default=0, help_text="Message parts or USSD events.")
+    status = models.CharField(max_length=8, choices=CdrStatus.choices, default=CdrStatus.UNRATED)
+    unrated_reason = models.CharField(max_length=200, blank=True)
+    matched_prefix = models.CharField(max_length=15, blank=True)
+    destination = models.CharField(max_length=100, blank=True)
+    billed_seconds = models.PositiveIntegerField(default=0)
+    price = money_field(null=True, blank=True)
+    cost = money_field(null=True, blank=True)
+    currency = models.CharField(max_length=3, blank=True)
+    extra = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-start"]
+        constraints = [models.UniqueConstraint(fields=["source", "source_id"], name="uniq_cdr_source_id")]
+        indexes = [models.Index(fields=["account", "start"]), models.Index(fields=["status", "start"])]
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.source_id}"
+
+    @property
+    def margin(self) -> Decimal | None:
+        if self.price is None or self.cost is None:
+            return None
+        return self.price - self.cost
+
+
+class LedgerEntry(AppendOnly):
+    """One movement of money on one account; its idempotency key makes every charge happen once."""
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries")
+    kind = models.CharField(max_length=12, choices=EntryKind.choices)
+    amount = money_field(help_text="Signed: top-ups and refunds are positive, charges negative.")
+    idempotency_key = models.CharField(max_length=200, unique=True)
+    description = models.CharField(max_length=300, blank=True)
+    cdr = models.ForeignKey(Cdr, null=True, blank=True, on_delete=models.PROTECT, related_name="entries")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "ledger entries"
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount} on {self.account_id}"
+
+
+class Reservation(models.Model):
+    """Credit held for a running call or message (RFC 4006 style): committed at the end, the rest released."""
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="reservations")
+    amount = money_field()
+    committed_amount = money_field(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=ReservationStatus.choices, default=ReservationStatus.HELD)
+    idempotency_key = models.CharField(max_length=200, unique=True)
+    expires_at = models.DateTimeField(db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.amount} on {self.account_id}"
