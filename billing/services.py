@@ -103,8 +103,8 @@ def ledger_charge_many(charges: list[BulkCharge]) -> int:
     with transaction.atomic(), connection.cursor() as cursor:
         table = LedgerEntry._meta.db_table
         cursor.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS _bulk_charge (account_id bigint, amount numeric(20,6), "
-            f"idempotency_key text, description text, cdr_id bigint) ON COMMIT DELETE ROWS"
+            "CREATE TEMP TABLE IF NOT EXISTS _bulk_charge (account_id bigint, amount numeric(20,6), "
+            "idempotency_key text, description text, cdr_id bigint) ON COMMIT DELETE ROWS"
         )
         from psycopg2.extras import execute_values
 
