@@ -206,3 +206,247 @@ def reservations_expire(*, now=None) -> int:
             except ReservationClosed:
                 pass
     return expired
+
+
+# --- Rate decks -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RatesImport:
+    rates: int
+    errors: list  # csvformats.LineError, each with line, column, reason
+    dry_run: bool
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def as_dict(self) -> dict:
+        return {
+            "imported": 0 if (self.errors or self.dry_run) else self.rates,
+            "valid_rates": self.rates,
+            "dry_run": self.dry_run,
+            "errors": [{"line": e.line, "column": e.column, "reason": e.reason} for e in self.errors],
+        }
+
+
+def rates_import(*, tariff, source, dry_run: bool = False) -> RatesImport:
+    """Import a rate-deck CSV into a tariff. Any bad line: nothing is written and every bad line is reported.
+
+    A row with the same (prefix, service, effective_from, time band) as a stored one replaces its prices;
+    other rows add versions, so future-dated rates wait for their date next to today's.
+    """
+    from .csvformats import parse_rate_deck_csv
+    from .models import Rate, Tariff
+
+    rates, errors = parse_rate_deck_csv(source)
+    if errors or dry_run:
+        return RatesImport(rates=len(rates), errors=errors, dry_run=dry_run)
+    rows = [
+        Rate(
+            tariff=tariff,
+            prefix=r.prefix,
+            destination=r.destination,
+            service=r.service,
+            rate=r.rate,
+            connect_fee=r.connect_fee,
+            first_increment=r.first_increment,
+            next_increment=r.next_increment,
+            min_charge=r.min_charge,
+            effective_from=r.effective_from,
+            time_band=r.time_band or "",
+        )
+        for r in rates
+    ]
+    with transaction.atomic():
+        Rate.objects.bulk_create(
+            rows,
+            batch_size=5000,
+            update_conflicts=True,
+            unique_fields=["tariff", "prefix", "service", "effective_from", "time_band"],
+            update_fields=["destination", "rate", "connect_fee", "first_increment", "next_increment", "min_charge"],
+        )
+        Tariff.objects.filter(pk=tariff.pk).update(updated_at=timezone.now())
+        tariff.refresh_from_db(fields=["updated_at"])
+        transaction.on_commit(lambda: cdrs_rate_pending())
+    return RatesImport(rates=len(rates), errors=[], dry_run=False)
+
+
+# --- CDRs -------------------------------------------------------------------------------------------------
+
+
+def _rate_cdr(cdr, account, tz: str) -> None:
+    """Fill a CDR's rating fields in place: priced under its account's tariff, or unrated with the reason."""
+    from . import rating
+    from .selectors import rate_deck_get
+
+    if account is None:
+        cdr.status, cdr.unrated_reason = "unrated", f"unknown account {cdr.account_code!r}"
+        return
+    if account.tariff is None:
+        cdr.status, cdr.unrated_reason = "unrated", f"account {account.code} has no tariff"
+        return
+    quote = rating.rate_one(
+        rate_deck_get(tariff=account.tariff),
+        number=cdr.callee,
+        seconds=cdr.billsec,
+        at=cdr.start,
+        tz=tz,
+        service=cdr.service,
+        units=cdr.units or 1,
+    )
+    if quote is None:
+        cdr.status, cdr.unrated_reason = "unrated", f"no rate for {cdr.callee}"
+        return
+    cdr.account = account
+    cdr.status, cdr.unrated_reason = "rated", ""
+    cdr.matched_prefix, cdr.destination = quote.prefix, quote.destination
+    cdr.billed_seconds, cdr.price, cdr.currency = quote.billed_seconds, quote.amount, account.tariff.currency
+
+
+def _charge_rated(cdrs: list) -> int:
+    return ledger_charge_many(
+        [
+            BulkCharge(
+                account_id=c.account_id,
+                amount=c.price,
+                idempotency_key=f"cdr:{c.source}:{c.source_id}",
+                description=f"{c.service} to {c.callee}",
+                cdr_id=c.pk,
+            )
+            for c in cdrs
+            if c.status == "rated" and c.price and c.price > 0
+        ]
+    )
+
+
+def cdrs_ingest(*, source: str, records, tz: str, chunk_size: int = 5000) -> dict:
+    """Store, rate and charge CDRs (csvformats.ParsedCdr, or LineError for bad lines) from one source.
+
+    The same (source, source id) twice is stored and charged once; bad lines are reported and the good
+    ones imported; CDRs that cannot be rated are kept as unrated with the reason.
+    """
+    from .csvformats import LineError
+    from .models import Account, Cdr
+
+    summary = {"read": 0, "imported": 0, "duplicates": 0, "unrated": 0, "rejected": [], "charged": {}}
+    accounts = {a.code: a for a in Account.objects.select_related("tariff")}
+    chunk: list = []
+
+    def flush():
+        if not chunk:
+            return
+        known = set(
+            Cdr.objects.filter(source=source, source_id__in=[c.source_id for c in chunk]).values_list(
+                "source_id", flat=True
+            )
+        )
+        fresh, seen = [], set()
+        for parsed in chunk:
+            if parsed.source_id in known or parsed.source_id in seen:
+                summary["duplicates"] += 1
+                continue
+            seen.add(parsed.source_id)
+            cdr = Cdr(
+                source=source,
+                source_id=parsed.source_id,
+                leg=parsed.leg or "origination",
+                account_code=parsed.account,
+                caller=parsed.caller,
+                callee=parsed.callee,
+                start=parsed.start,
+                duration=parsed.duration,
+                billsec=parsed.billsec,
+                extra={
+                    k: str(v)
+                    for k, v in (
+                        ("forwarded_to", parsed.forwarded_to),
+                        ("service_code", parsed.service_code),
+                        ("reported_cost", parsed.reported_cost),
+                    )
+                    if v is not None
+                },
+            )
+            _rate_cdr(cdr, accounts.get(parsed.account), tz)
+            if cdr.status == "unrated":
+                summary["unrated"] += 1
+            fresh.append(cdr)
+        with transaction.atomic():
+            Cdr.objects.bulk_create(fresh, batch_size=chunk_size)
+            _charge_rated(fresh)
+        for cdr in fresh:
+            if cdr.status == "rated":
+                summary["charged"][cdr.currency] = summary["charged"].get(cdr.currency, Decimal(0)) + cdr.price
+        summary["imported"] += len(fresh)
+        chunk.clear()
+
+    for record in records:
+        summary["read"] += 1
+        if isinstance(record, LineError):
+            summary["rejected"].append({"line": record.line, "column": record.column, "reason": record.reason})
+            continue
+        chunk.append(record)
+        if len(chunk) >= chunk_size:
+            flush()
+    flush()
+    summary["charged"] = {currency: str(total) for currency, total in summary["charged"].items()}
+    return summary
+
+
+def cdrs_rate_pending(*, tz: str | None = None) -> int:
+    """Rate the CDRs kept as unrated, now that a rate or an account may have appeared. Returns how many."""
+    from .models import Account, Cdr
+
+    tz = tz or getattr(getattr(connection, "tenant", None), "time_zone", "UTC")
+    accounts = {a.code: a for a in Account.objects.select_related("tariff")}
+    rated = 0
+    pending = list(Cdr.objects.filter(status="unrated")[:50000])
+    for cdr in pending:
+        _rate_cdr(cdr, accounts.get(cdr.account_code), tz)
+    done = [c for c in pending if c.status == "rated"]
+    with transaction.atomic():
+        Cdr.objects.bulk_update(
+            done,
+            [
+                "account",
+                "status",
+                "unrated_reason",
+                "matched_prefix",
+                "destination",
+                "billed_seconds",
+                "price",
+                "currency",
+                "updated_at",
+            ],
+            batch_size=5000,
+        )
+        _charge_rated(done)
+    rated += len(done)
+    return rated
+
+
+def account_create(
+    *,
+    name: str,
+    code: str,
+    currency: str,
+    tariff=None,
+    customer=None,
+    kind: str = "prepaid",
+    credit_limit: Decimal = Decimal(0),
+):
+    """Open an account; CDRs that were waiting for this account code are rated once it exists."""
+    from .models import Account
+
+    with transaction.atomic():
+        account = Account.objects.create(
+            name=name,
+            code=code,
+            currency=currency,
+            tariff=tariff,
+            customer=customer,
+            kind=kind,
+            credit_limit=credit_limit,
+        )
+        transaction.on_commit(lambda: cdrs_rate_pending())
+    return account

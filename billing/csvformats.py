@@ -1,0 +1,879 @@
+"""Pure parsers for the files operators upload: rate decks and CDR files.
+
+No Django import: the import services call these, and they are tested and benchmarked alone.
+
+Every parser reports bad input line by line (:class:`LineError`: 1-based physical line, column,
+human reason) and keeps going, so one bad line never hides the others nor loses the good ones.
+Money is ``Decimal``, never float. CDR times are returned in UTC.
+
+* :func:`parse_rate_deck_csv` / :func:`write_rate_deck_csv`: the rate deck exchange format.
+* :func:`parse_asterisk_master_csv`: Asterisk ``cdr_csv`` ``Master.csv``, streaming.
+* :func:`read_asterisk_master_columns`: the same file into column arrays, fast, for bulk import.
+* :func:`parse_freephone_cdrs`: the 8-800 platform's combined record, with an editable column profile.
+* :func:`parse_mapped_cdr_csv`: any CSV with a header, through a saved {field: header} mapping.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import operator
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from decimal import Decimal
+from typing import IO, Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from billing.rating import MAX_PREFIX_DIGITS, MAX_PRICE, SERVICES, Rate, parse_increment
+
+Source = str | bytes | IO[str] | IO[bytes] | Iterable[str]
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    """One problem in an uploaded file: where it is and what is wrong, in words an operator understands.
+
+    ``line`` is the 1-based physical line where the record starts (the header is line 1);
+    ``column`` names the column (None when the whole line is wrong).
+    """
+
+    line: int
+    column: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" + (f", column {self.column}" if self.column else "")
+        return f"{where}: {self.reason}"
+
+
+def _text_lines(source: Source) -> Iterable[str]:
+    """Lines of CSV text from a string, bytes, a text or binary file, or an iterable of lines."""
+    if isinstance(source, str):
+        return io.StringIO(source, newline="")
+    if isinstance(source, bytes):
+        return io.StringIO(source.decode("utf-8-sig"), newline="")
+    if isinstance(source, (io.RawIOBase, io.BufferedIOBase)):
+        return io.TextIOWrapper(source, encoding="utf-8-sig", newline="")
+    return source
+
+
+def _records(reader: Any) -> Iterator[tuple[int, list[str] | LineError]]:
+    """(first physical line, fields) of each record of a ``csv.reader``; malformed CSV gives a LineError instead.
+
+    The first line rather than the csv module's ``line_num`` (the last line) is reported, so a
+    record with a quoted newline is found where it begins.
+    """
+    line_num = 0
+    while True:
+        start = line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            line_num = reader.line_num
+            yield start, LineError(start, None, f"malformed CSV: {error}")
+            continue
+        line_num = reader.line_num
+        if start == 1 and row and row[0].startswith("\ufeff"):
+            row[0] = row[0][1:]  # a byte order mark left by spreadsheet exports
+        yield start, row
+
+
+# ---------------------------------------------------------------------------------------------
+# Rate decks
+# ---------------------------------------------------------------------------------------------
+
+RATE_DECK_COLUMNS = (
+    "prefix",
+    "destination",
+    "rate",
+    "connect_fee",
+    "increment",
+    "min_charge",
+    "effective_from",
+    "service",
+    "time_band",
+)
+REQUIRED_RATE_DECK_COLUMNS = ("prefix", "destination", "rate")
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+
+
+def _parse_price(text: str, column: str) -> Decimal | str:
+    """A non-negative price with at most 6 decimal places, or the reason it is not one."""
+    if text.startswith("-") and _NUMBER.fullmatch(text[1:]):
+        return f"{column} must not be negative, got {text!r}"
+    if not _NUMBER.fullmatch(text):
+        return f"{column} must be a number like 0.0125, got {text!r}"
+    value = Decimal(text)
+    if value >= MAX_PRICE:
+        return f"{column} must be below {MAX_PRICE}, got {text!r}"
+    if value != value.quantize(Decimal("0.000001")):
+        return f"{column} must have at most 6 decimal places, got {text!r}"
+    return value
+
+
+def _parse_effective_from(text: str) -> datetime | str:
+    """An ISO date (midnight UTC) or date-time (UTC unless it carries an offset), or the reason it is not one."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return (
+            f"effective_from must be an ISO date like 2024-07-01 or date-time like 2024-07-01T00:00:00Z, got {text!r}"
+        )
+    if moment.utcoffset() is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def parse_rate_deck_csv(text_or_file: Source) -> tuple[list[Rate], list[LineError]]:
+    """Read a rate deck CSV into :class:`Rate` rows plus a :class:`LineError` for every bad line.
+
+    The header names the columns, in any order, case-insensitive: ``prefix``, ``destination``
+    and ``rate`` are required; ``connect_fee`` (empty: 0), ``increment`` (empty: 60/60),
+    ``min_charge`` (empty: 0), ``effective_from`` (empty: immediately; ISO date = midnight
+    UTC, or ISO date-time; no offset means UTC), ``service`` (empty: voice) and ``time_band``
+    (empty: all times) are optional. Unknown columns are ignored. A leading ``+`` on the
+    prefix is dropped. Two rows with the same (prefix, effective_from, service, time_band) are
+    an error on the later row. A missing required column is an error on line 1 and no rows
+    are read. Every bad line is reported, each bad field of it separately; good lines are
+    returned even when others are bad.
+    """
+    records = _records(csv.reader(_text_lines(text_or_file)))
+    first = next(records, None)
+    if first is None:
+        return [], [LineError(1, None, "the file is empty; expected a header line: " + ",".join(RATE_DECK_COLUMNS))]
+    if isinstance(first[1], LineError):
+        return [], [first[1]]
+    header = [name.strip().lower() for name in first[1]]
+    errors: list[LineError] = []
+    for name in sorted({n for n in header if n and header.count(n) > 1}):
+        errors.append(LineError(1, name, f"column {name!r} appears more than once in the header"))
+    for name in REQUIRED_RATE_DECK_COLUMNS:
+        if name not in header:
+            errors.append(
+                LineError(1, name, f"missing required column {name!r}; the header must name prefix,destination,rate")
+            )
+    if errors:
+        return [], errors
+    position = {name: header.index(name) for name in RATE_DECK_COLUMNS if name in header}
+    rates: list[Rate] = []
+    seen: dict[tuple[str, datetime | None, str, str | None], int] = {}
+    for line, row in records:
+        if isinstance(row, LineError):
+            errors.append(row)
+            continue
+        if not any(cell.strip() for cell in row):
+            continue  # blank lines separate sections in hand-edited decks
+        if len(row) > len(header):
+            errors.append(LineError(line, None, f"the line has {len(row)} fields but the header has {len(header)}"))
+            continue
+        values = {name: (row[i].strip() if i < len(row) else "") for name, i in position.items()}
+        values.update({name: "" for name in RATE_DECK_COLUMNS if name not in values})
+        rate = _rate_from_values(values, line)
+        if isinstance(rate, list):
+            errors.extend(rate)
+            continue
+        key = (rate.prefix, rate.effective_from, rate.service, rate.time_band)
+        if key in seen:
+            errors.append(
+                LineError(
+                    line,
+                    "prefix",
+                    f"duplicate of line {seen[key]}: same prefix, effective_from, service and time_band",
+                )
+            )
+            continue
+        seen[key] = line
+        rates.append(rate)
+    return rates, errors
+
+
+def _rate_from_values(values: dict[str, str], line: int) -> Rate | list[LineError]:
+    """One rate from the text of its columns, or every problem found in them."""
+    errors: list[LineError] = []
+
+    def fail(column: str, reason: str) -> None:
+        errors.append(LineError(line, column, reason))
+
+    prefix = values["prefix"].removeprefix("+")
+    if not prefix:
+        fail("prefix", "prefix is required")
+    elif not (prefix.isascii() and prefix.isdigit()):
+        fail("prefix", f"prefix must be digits (E.164 without +), got {values['prefix']!r}")
+    elif len(prefix) > MAX_PREFIX_DIGITS:
+        fail("prefix", f"prefix must have at most {MAX_PREFIX_DIGITS} digits, got {len(prefix)}")
+    prices: dict[str, Decimal] = {}
+    for column in ("rate", "connect_fee", "min_charge"):
+        text = values[column]
+        if not text:
+            if column == "rate":
+                fail("rate", "rate is required")
+            prices[column] = Decimal(0)
+            continue
+        parsed = _parse_price(text, column)
+        if isinstance(parsed, str):
+            fail(column, parsed)
+        else:
+            prices[column] = parsed
+    first_increment, next_increment = 60, 60
+    if values["increment"]:
+        try:
+            first_increment, next_increment = parse_increment(values["increment"])
+        except (ValueError, TypeError) as error:
+            fail("increment", str(error))
+    effective_from: datetime | None = None
+    if values["effective_from"]:
+        parsed_moment = _parse_effective_from(values["effective_from"])
+        if isinstance(parsed_moment, str):
+            fail("effective_from", parsed_moment)
+        else:
+            effective_from = parsed_moment
+    service = values["service"].lower() or "voice"
+    if service not in SERVICES:
+        fail("service", f"service must be one of {', '.join(sorted(SERVICES))}, got {values['service']!r}")
+    if errors:
+        return errors
+    return Rate(
+        prefix=prefix,
+        destination=values["destination"],
+        rate=prices["rate"],
+        connect_fee=prices["connect_fee"],
+        first_increment=first_increment,
+        next_increment=next_increment,
+        min_charge=prices["min_charge"],
+        effective_from=effective_from,
+        time_band=values["time_band"] or None,
+        service=service,
+    )
+
+
+def write_rate_deck_csv(rates: Iterable[Rate]) -> str:
+    """Write rates in the format :func:`parse_rate_deck_csv` reads (all columns, header first)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(RATE_DECK_COLUMNS)
+    for rate in rates:
+        writer.writerow(
+            [
+                rate.prefix,
+                rate.destination,
+                format(rate.rate, "f"),
+                format(rate.connect_fee, "f"),
+                rate.increment,
+                format(rate.min_charge, "f"),
+                "" if rate.effective_from is None else rate.effective_from.isoformat(),
+                rate.service,
+                rate.time_band or "",
+            ]
+        )
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# CDRs: common pieces
+# ---------------------------------------------------------------------------------------------
+
+LEGS = ("origination", "termination", "combined")
+_MAX_SECONDS = 2_147_483_647  # Asterisk keeps durations in a C int
+_ISO_SECONDS = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2}) ([0-9]{2}):([0-9]{2}):([0-9]{2})")
+_COMPACT_SECONDS = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})")
+_COMPACT_FORMAT = "%Y%m%d%H%M%S"
+_SIGNED_NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParsedCdr:
+    """One CDR as read from a switch file, before rating: one call leg, or both legs of a freephone call.
+
+    ``start`` is UTC; ``duration`` includes ringing, ``billsec`` is the answered part.
+    ``source_id`` identifies the record at its source (Asterisk uniqueid, platform record id,
+    or a hash of the line) and is the idempotency key when the same file is imported twice.
+    ``reported_cost`` is what the switch itself computed, kept for reconciliation only.
+    """
+
+    line: int
+    source_id: str
+    caller: str
+    callee: str
+    start: datetime
+    duration: int
+    billsec: int
+    account: str = ""
+    disposition: str = "ANSWERED"
+    forwarded_to: str | None = None
+    service_code: str | None = None
+    reported_cost: Decimal | None = None
+    leg: str | None = None
+
+
+def _line_hash(row: Sequence[str]) -> str:
+    """A stable id for a record that has none: the same line always hashes the same."""
+    joined = "\x1f".join(row).encode("utf-8", "surrogatepass")
+    return "h" + hashlib.blake2b(joined, digest_size=12).hexdigest()
+
+
+def _zone(tz: str | tzinfo) -> tzinfo:
+    if tz in ("UTC", "Etc/UTC"):
+        return UTC  # lets the vectorised paths skip the offset lookups
+    return ZoneInfo(tz) if isinstance(tz, str) else tz
+
+
+def _to_utc(naive: datetime, zone: tzinfo) -> datetime:
+    if zone is UTC:
+        return naive.replace(tzinfo=UTC)
+    return naive.replace(tzinfo=zone).astimezone(UTC)
+
+
+def _parse_seconds(text: str, column: str) -> int | str:
+    if text.isascii() and text.isdigit() and len(text) <= 10 and int(text) <= _MAX_SECONDS:
+        return int(text)
+    return f"{column} must be a whole number of seconds, got {text!r}"
+
+
+def _parse_fixed_time(text: str, pattern: re.Pattern[str], column: str, example: str, zone: tzinfo) -> datetime | str:
+    match = pattern.fullmatch(text)
+    if match:
+        try:
+            return _to_utc(datetime(*(int(part) for part in match.groups())), zone)  # type: ignore[misc]
+        except ValueError:
+            pass
+    return f"{column} must be a time like {example}, got {text!r}"
+
+
+def _parse_time(text: str, column: str, time_format: str | None, zone: tzinfo) -> datetime | str:
+    """A CDR time in the file's format: None = ISO 8601, "epoch" = Unix seconds, else a strptime format."""
+    if time_format == _COMPACT_FORMAT:
+        return _parse_fixed_time(text, _COMPACT_SECONDS, column, "20161013112944", zone)
+    if time_format == "epoch":
+        if text.isascii() and text.isdigit() and len(text) <= 11:
+            return datetime.fromtimestamp(int(text), UTC)
+        return f"{column} must be Unix epoch seconds, got {text!r}"
+    try:
+        moment = datetime.fromisoformat(text) if time_format is None else datetime.strptime(text, time_format)
+    except ValueError:
+        return f"{column} must be a time in the format {time_format or 'ISO 8601'}, got {text!r}"
+    if moment.utcoffset() is not None:
+        return moment.astimezone(UTC)
+    return _to_utc(moment, zone)
+
+
+def _error(line: int, problems: list[tuple[str | None, str]]) -> LineError:
+    """One error per line: the first bad column is named, every problem is told."""
+    return LineError(line, problems[0][0], "; ".join(reason for _, reason in problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# Asterisk Master.csv
+# ---------------------------------------------------------------------------------------------
+
+ASTERISK_BASE_COLUMNS = (
+    "accountcode",
+    "src",
+    "dst",
+    "dcontext",
+    "clid",
+    "channel",
+    "dstchannel",
+    "lastapp",
+    "lastdata",
+    "start",
+    "answer",
+    "end",
+    "duration",
+    "billsec",
+    "disposition",
+    "amaflags",
+)
+# cdr_csv appends uniqueid (loguniqueid), userfield (loguserfield), then peeraccount, linkedid
+# and sequence (newcdrcolumns), each only when enabled; the field count tells which.
+ASTERISK_LAYOUTS: dict[int, tuple[str, ...]] = {
+    16: ASTERISK_BASE_COLUMNS,
+    17: (*ASTERISK_BASE_COLUMNS, "uniqueid"),
+    18: (*ASTERISK_BASE_COLUMNS, "uniqueid", "userfield"),
+    19: (*ASTERISK_BASE_COLUMNS, "peeraccount", "linkedid", "sequence"),
+    20: (*ASTERISK_BASE_COLUMNS, "uniqueid", "peeraccount", "linkedid", "sequence"),
+    21: (*ASTERISK_BASE_COLUMNS, "uniqueid", "userfield", "peeraccount", "linkedid", "sequence"),
+}
+_A = {name: position for position, name in enumerate(ASTERISK_BASE_COLUMNS)}
+_UNIQUEID = 16  # where uniqueid sits when the layout has one
+_LAYOUTS_WITH_UNIQUEID = frozenset(n for n, layout in ASTERISK_LAYOUTS.items() if "uniqueid" in layout)
+
+
+def _asterisk_record(row: list[str], line: int, zone: tzinfo) -> ParsedCdr | LineError:
+    """Parse one Master.csv record (fields already split by the csv module)."""
+    if len(row) not in ASTERISK_LAYOUTS:
+        return LineError(line, None, f"expected 16 to 21 fields (Asterisk Master.csv), got {len(row)}")
+    problems: list[tuple[str | None, str]] = []
+    callee = row[_A["dst"]].strip()
+    if not callee:
+        problems.append(("dst", "dst (the called number) is empty"))
+    start = _parse_fixed_time(row[_A["start"]], _ISO_SECONDS, "start", "2024-01-31 23:59:59", zone)
+    if isinstance(start, str):
+        problems.append(("start", start))
+    duration = _parse_seconds(row[_A["duration"]], "duration")
+    if isinstance(duration, str):
+        problems.append(("duration", duration))
+    billsec = _parse_seconds(row[_A["billsec"]], "billsec")
+    if isinstance(billsec, str):
+        problems.append(("billsec", billsec))
+    if problems:
+        return _error(line, problems)
+    uniqueid = row[_UNIQUEID] if len(row) in _LAYOUTS_WITH_UNIQUEID else ""
+    return ParsedCdr(
+        line=line,
+        source_id=uniqueid or _line_hash(row),
+        caller=row[_A["src"]].strip(),
+        callee=callee,
+        start=start,  # type: ignore[arg-type]
+        duration=duration,  # type: ignore[arg-type]
+        billsec=billsec,  # type: ignore[arg-type]
+        account=row[_A["accountcode"]],
+        disposition=row[_A["disposition"]],
+    )
+
+
+def parse_asterisk_master_csv(source: Source, *, tz: str | tzinfo = "UTC") -> Iterator[ParsedCdr | LineError]:
+    """Stream an Asterisk ``cdr_csv`` Master.csv: one ParsedCdr or LineError per record, in file order.
+
+    Columns are Asterisk's fixed order (accountcode, src, dst, dcontext, clid, channel,
+    dstchannel, lastapp, lastdata, start, answer, end, duration, billsec, disposition,
+    amaflags), then whichever of uniqueid, userfield, peeraccount, linkedid, sequence the
+    server logs (see :data:`ASTERISK_LAYOUTS`). Times are the server's wall clock: ``tz`` is
+    the server's zone (UTC when ``usegmtime=yes``). ``source_id`` is the uniqueid when logged,
+    else a hash of the line. The file is never held in memory as a whole. Blank lines are skipped.
+    """
+    zone = _zone(tz)
+    for line, row in _records(csv.reader(_text_lines(source))):
+        if isinstance(row, LineError):
+            yield row
+        elif row:
+            yield _asterisk_record(row, line, zone)
+
+
+@dataclass(slots=True)
+class CdrColumns:
+    """Good Master.csv records as columns (lists and numpy arrays) ready for bulk rating and COPY.
+
+    Row ``i`` of every column is one CDR; ``line`` tells where it came from. ``start`` is
+    ``datetime64[s]`` in UTC. ``errors`` holds a LineError for every bad record.
+    """
+
+    line: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    source_id: list[str] = field(default_factory=list)
+    caller: list[str] = field(default_factory=list)
+    callee: list[str] = field(default_factory=list)
+    account: list[str] = field(default_factory=list)
+    start: np.ndarray = field(default_factory=lambda: np.zeros(0, "datetime64[s]"))
+    duration: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    billsec: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    disposition: list[str] = field(default_factory=list)
+    errors: list[LineError] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.source_id)
+
+
+def read_asterisk_master_columns(source: Source, *, tz: str | tzinfo = "UTC", chunk_rows: int = 2048) -> CdrColumns:
+    """Read a whole Master.csv into :class:`CdrColumns`, fast (the bulk import path).
+
+    Same rules and same results as :func:`parse_asterisk_master_csv` (the tests check it),
+    but times, durations and validation are done with numpy on chunks of ``chunk_rows``
+    records, so a million lines take about a second and memory stays bounded by the chunk
+    plus the kept columns (the other eleven Asterisk fields are dropped as soon as read).
+    """
+    zone = _zone(tz)
+    parts: list[CdrColumns] = []
+    errors: list[LineError] = []
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    for line, row in _records(csv.reader(_text_lines(source))):
+        if isinstance(row, LineError):
+            errors.append(row)
+        elif row:
+            rows.append(row)
+            lines.append(line)
+            if len(rows) >= chunk_rows:
+                parts.append(_asterisk_chunk(rows, lines, zone))
+                rows, lines = [], []
+    if rows:
+        parts.append(_asterisk_chunk(rows, lines, zone))
+    result = CdrColumns(errors=errors)
+    if parts:
+        result.line = np.concatenate([p.line for p in parts])
+        result.start = np.concatenate([p.start for p in parts])
+        result.duration = np.concatenate([p.duration for p in parts])
+        result.billsec = np.concatenate([p.billsec for p in parts])
+        for part in parts:
+            result.source_id += part.source_id
+            result.caller += part.caller
+            result.callee += part.callee
+            result.account += part.account
+            result.disposition += part.disposition
+            result.errors += part.errors
+        result.errors.sort(key=lambda e: e.line)
+    return result
+
+
+_PICK_ASTERISK = operator.itemgetter(
+    0, 1, 2, 9, 12, 13, 14
+)  # accountcode, src, dst, start, duration, billsec, disposition
+
+
+def _asterisk_chunk(rows: list[list[str]], lines: list[int], zone: tzinfo) -> CdrColumns:
+    """Vectorised twin of :func:`_asterisk_record` for a chunk of records (same results)."""
+    lengths = list(map(len, rows))
+    if not all(n in ASTERISK_LAYOUTS for n in lengths):
+        # Lines of the wrong shape would break the column picks: the row parser explains them.
+        keep = [i for i, n in enumerate(lengths) if n in ASTERISK_LAYOUTS]
+        result = _asterisk_chunk([rows[i] for i in keep], [lines[i] for i in keep], zone) if keep else CdrColumns()
+        result.errors += [
+            _asterisk_record(rows[i], lines[i], zone) for i, n in enumerate(lengths) if n not in ASTERISK_LAYOUTS
+        ]  # type: ignore[misc]
+        result.errors.sort(key=lambda e: e.line)
+        return result
+    # C-level column picks (itemgetter + zip) instead of one Python list comprehension per column.
+    account, src, dst, start, duration, billsec, disposition = zip(*map(_PICK_ASTERISK, rows), strict=True)
+    caller = list(map(str.strip, src))
+    callee = list(map(str.strip, dst))
+    uniqueids = [r[_UNIQUEID] if n in _LAYOUTS_WITH_UNIQUEID else "" for r, n in zip(rows, lengths, strict=True)]
+    start_epoch, bad = _iso_seconds_to_epoch(start, zone)
+    duration_s, bad_duration = _seconds_column(duration)
+    billsec_s, bad_billsec = _seconds_column(billsec)
+    bad |= bad_duration | bad_billsec
+    if "" in callee:
+        bad |= np.array([not c for c in callee], dtype=bool)
+    errors: list[LineError] = []
+    for i in np.flatnonzero(bad).tolist():
+        parsed = _asterisk_record(rows[i], lines[i], zone)
+        if isinstance(parsed, LineError):
+            errors.append(parsed)
+        else:  # pragma: no cover - the checks above mirror the row parser; if not, trust it, never drop a CDR
+            bad[i] = False
+            start_epoch[i] = int(parsed.start.timestamp())
+            duration_s[i], billsec_s[i] = parsed.duration, parsed.billsec
+    source_id = [u or _line_hash(r) for u, r in zip(uniqueids, rows, strict=True)] if "" in uniqueids else uniqueids
+    columns = CdrColumns(
+        line=np.array(lines, dtype=np.int64),
+        source_id=source_id,
+        caller=caller,
+        callee=callee,
+        account=list(account),
+        start=start_epoch.astype("datetime64[s]"),
+        duration=duration_s,
+        billsec=billsec_s,
+        disposition=list(disposition),
+        errors=errors,
+    )
+    return _select(columns, np.flatnonzero(~bad)) if errors else columns
+
+
+def _select(columns: CdrColumns, keep: np.ndarray) -> CdrColumns:
+    """The rows ``keep`` of every column."""
+    pick = keep.tolist()
+    return CdrColumns(
+        line=columns.line[keep],
+        source_id=[columns.source_id[i] for i in pick],
+        caller=[columns.caller[i] for i in pick],
+        callee=[columns.callee[i] for i in pick],
+        account=[columns.account[i] for i in pick],
+        start=columns.start[keep],
+        duration=columns.duration[keep],
+        billsec=columns.billsec[keep],
+        disposition=[columns.disposition[i] for i in pick],
+        errors=columns.errors,
+    )
+
+
+def _bytes_column(values: Sequence[str]) -> np.ndarray | None:
+    try:
+        return np.array(values, dtype="S")
+    except UnicodeEncodeError:
+        return None  # non-ASCII: let the row parser explain
+
+
+def _seconds_column(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Whole seconds as int64 and a mask of values :func:`_parse_seconds` would refuse."""
+    raw = _bytes_column(values)
+    if raw is None or raw.dtype.itemsize == 0:
+        return np.zeros(len(values), np.int64), np.ones(len(values), dtype=bool)
+    length = np.strings.str_len(raw)
+    ok = np.strings.isdigit(raw) & (length > 0) & (length <= 10)
+    seconds = np.where(ok, raw, b"0").astype(np.int64)
+    ok &= seconds <= _MAX_SECONDS
+    return np.where(ok, seconds, 0), ~ok
+
+
+_DIGIT_POSITIONS = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
+_SEPARATORS = {4: ord("-"), 7: ord("-"), 10: ord(" "), 13: ord(":"), 16: ord(":")}
+_DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
+
+
+def _iso_seconds_to_epoch(values: Sequence[str], zone: tzinfo) -> tuple[np.ndarray, np.ndarray]:
+    """``YYYY-MM-DD HH:MM:SS`` wall-clock times in ``zone`` as UTC epoch seconds, plus a bad-value mask."""
+    count = len(values)
+    raw = _bytes_column(values)
+    if raw is None or raw.dtype.itemsize < 19:
+        return np.zeros(count, np.int64), np.ones(count, dtype=bool)
+    matrix = raw.view(np.uint8).reshape(count, raw.dtype.itemsize)
+    ok = np.strings.str_len(raw) == 19
+    digits = matrix[:, _DIGIT_POSITIONS].astype(np.int64) - ord("0")
+    ok &= ((digits >= 0) & (digits <= 9)).all(axis=1)
+    for position, separator in _SEPARATORS.items():
+        ok &= matrix[:, position] == separator
+    d = digits
+    year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
+    month = d[:, 4] * 10 + d[:, 5]
+    day = d[:, 6] * 10 + d[:, 7]
+    hour = d[:, 8] * 10 + d[:, 9]
+    minute = d[:, 10] * 10 + d[:, 11]
+    second = d[:, 12] * 10 + d[:, 13]
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    month_ok = (month >= 1) & (month <= 12)
+    days_in_month = _DAYS_IN_MONTH[np.where(month_ok, month, 1)] + ((month == 2) & leap)
+    ok &= (year >= 1) & month_ok & (day >= 1) & (day <= days_in_month) & (hour <= 23) & (minute <= 59)
+    ok &= second <= 59
+    # Days from 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    shifted_year = year - (month <= 2)
+    era = shifted_year // 400
+    year_of_era = shifted_year - era * 400
+    day_of_year = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    days = era * 146_097 + day_of_era - 719_468
+    wall = days * 86_400 + hour * 3_600 + minute * 60 + second
+    wall = np.where(ok, wall, 0)
+    if zone is UTC:
+        return wall, ~ok
+    return wall - _wall_offsets(wall, zone), ~ok
+
+
+def _wall_offsets(wall: np.ndarray, zone: tzinfo) -> np.ndarray:
+    """UTC offset (seconds) of wall-clock epoch seconds in ``zone``, as ``datetime(..., tzinfo=zone)`` gives it.
+
+    Computed once per distinct wall-clock minute; a minute in which the offset changes (only
+    in pre-1900 local mean time) is computed value by value.
+    """
+    minutes, inverse = np.unique(wall // 60, return_inverse=True)
+    offsets = np.empty(minutes.size, dtype=np.int64)
+    straddles = np.zeros(minutes.size, dtype=bool)
+    epoch = datetime(1970, 1, 1)
+    for position, minute in enumerate(minutes.tolist()):
+        naive = epoch + timedelta(minutes=minute)
+        offsets[position] = naive.replace(tzinfo=zone).utcoffset() // timedelta(seconds=1)
+        late = (naive + timedelta(seconds=59)).replace(tzinfo=zone).utcoffset() // timedelta(seconds=1)
+        straddles[position] = late != offsets[position]
+    result = offsets[inverse]
+    for row in np.flatnonzero(straddles[inverse]).tolist():
+        naive = epoch + timedelta(seconds=int(wall[row]))
+        result[row] = naive.replace(tzinfo=zone).utcoffset() // timedelta(seconds=1)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Freephone (8-800) platform records
+# ---------------------------------------------------------------------------------------------
+
+# Column positions (0-based; negative counts from the end) in the freephone platform's combined
+# record, worked out from the sample line
+#   41,158148,,607,,800XXXXXXX,7499XXXXXXX,20161013112944,0,30,05,,7926XXXXXXX,,,,,8800,,,,,,,,,,11.05
+# The format is undocumented; operators edit this profile when their platform differs.
+FREEPHONE_DEFAULT_PROFILE: dict[str, int] = {
+    "source_id": 1,  # 158148: record id
+    "callee": 5,  # 800XXXXXXX: the freephone number dialled
+    "caller": 6,  # 7499XXXXXXX: the calling subscriber (A)
+    "start": 7,  # 20161013112944: YYYYMMDDHHMMSS
+    "duration": 9,  # 30 seconds
+    "forwarded_to": 12,  # 7926XXXXXXX: where the routing rules sent the call (B or M)
+    "service_code": 17,  # 8800
+    "reported_cost": -1,  # 11.05: cost of both legs as computed by the switch
+}
+_FREEPHONE_REQUIRED = ("source_id", "caller", "callee", "start", "duration")
+_FREEPHONE_OPTIONAL = ("billsec", "account", "disposition", "forwarded_to", "service_code", "reported_cost")
+
+
+def _check_profile(profile: Mapping[str, int]) -> None:
+    unknown = set(profile) - set(_FREEPHONE_REQUIRED) - set(_FREEPHONE_OPTIONAL)
+    if unknown:
+        raise ValueError(f"unknown fields in the column profile: {', '.join(sorted(unknown))}")
+    missing = [name for name in _FREEPHONE_REQUIRED if name not in profile]
+    if missing:
+        raise ValueError(f"the column profile must give a column for: {', '.join(missing)}")
+    for name, index in profile.items():
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ValueError(f"the column of {name} must be an integer index, got {index!r}")
+
+
+def parse_freephone_cdrs(
+    source: Source,
+    profile: Mapping[str, int] | None = None,
+    *,
+    tz: str | tzinfo = "UTC",
+    time_format: str = _COMPACT_FORMAT,
+    delimiter: str = ",",
+) -> Iterator[ParsedCdr | LineError]:
+    """Stream the freephone (8-800) platform's combined CDRs: both legs of a call in one record.
+
+    ``profile`` maps CDR fields to 0-based column indexes (negative: from the end); the
+    default is :data:`FREEPHONE_DEFAULT_PROFILE`. Required fields: source_id, caller, callee
+    (the freephone number), start, duration; optional: billsec (default: duration, the
+    platform records answered calls), account, disposition (default: ANSWERED when billsec >
+    0), forwarded_to, service_code, reported_cost. ``tz`` is the platform's clock. Each record
+    comes back with ``leg="combined"``. Raises ValueError at once for a bad profile.
+    """
+    profile = dict(FREEPHONE_DEFAULT_PROFILE if profile is None else profile)
+    _check_profile(profile)
+    zone = _zone(tz)
+    needed = max(max(i + 1 if i >= 0 else -i for i in profile.values()), 1)
+
+    def records() -> Iterator[ParsedCdr | LineError]:
+        for line, row in _records(csv.reader(_text_lines(source), delimiter=delimiter)):
+            if isinstance(row, LineError):
+                yield row
+                continue
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) < needed:
+                yield LineError(line, None, f"expected at least {needed} fields, got {len(row)}")
+                continue
+            values = {name: row[index].strip() for name, index in profile.items()}
+            yield _cdr_from_values(values, row, line, zone, time_format, leg="combined")
+
+    return records()
+
+
+def _cdr_from_values(
+    values: Mapping[str, str],
+    row: Sequence[str],
+    line: int,
+    zone: tzinfo,
+    time_format: str | None,
+    *,
+    leg: str | None = None,
+) -> ParsedCdr | LineError:
+    """Build a ParsedCdr from named text fields (freephone and mapped CSV share this)."""
+    problems: list[tuple[str | None, str]] = []
+    callee = values.get("callee", "")
+    if not callee:
+        problems.append(("callee", "callee (the called number) is empty"))
+    start = _parse_time(values.get("start", ""), "start", time_format, zone)
+    if isinstance(start, str):
+        problems.append(("start", start))
+    seconds: dict[str, int] = {}
+    for name in ("duration", "billsec"):
+        if values.get(name):
+            parsed = _parse_seconds(values[name], name)
+            if isinstance(parsed, str):
+                problems.append((name, parsed))
+            else:
+                seconds[name] = parsed
+        elif name in values:
+            problems.append((name, f"{name} is empty"))
+    reported_cost = None
+    if values.get("reported_cost"):
+        if _SIGNED_NUMBER.fullmatch(values["reported_cost"]):
+            reported_cost = Decimal(values["reported_cost"])
+        else:
+            problems.append(("reported_cost", f"reported_cost must be a number, got {values['reported_cost']!r}"))
+    if values.get("leg"):
+        leg = values["leg"].lower()
+        if leg not in LEGS:
+            problems.append(("leg", f"leg must be one of {', '.join(LEGS)}, got {values['leg']!r}"))
+    if problems:
+        return _error(line, problems)
+    duration = seconds.get("duration", seconds.get("billsec", 0))
+    billsec = seconds.get("billsec", duration)
+    return ParsedCdr(
+        line=line,
+        source_id=values.get("source_id") or _line_hash(row),
+        caller=values.get("caller", ""),
+        callee=callee,
+        start=start,  # type: ignore[arg-type]
+        duration=duration,
+        billsec=billsec,
+        account=values.get("account", ""),
+        disposition=values.get("disposition") or ("ANSWERED" if billsec > 0 else "NO ANSWER"),
+        forwarded_to=values.get("forwarded_to") or None,
+        service_code=values.get("service_code") or None,
+        reported_cost=reported_cost,
+        leg=leg,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic CSV with a saved column mapping
+# ---------------------------------------------------------------------------------------------
+
+CDR_FIELDS = (
+    "source_id",
+    "caller",
+    "callee",
+    "start",
+    "duration",
+    "billsec",
+    "account",
+    "disposition",
+    "forwarded_to",
+    "service_code",
+    "reported_cost",
+    "leg",
+)
+
+
+def parse_mapped_cdr_csv(
+    source: Source,
+    mapping: Mapping[str, str],
+    *,
+    tz: str | tzinfo = "UTC",
+    time_format: str | None = None,
+    delimiter: str = ",",
+) -> Iterator[ParsedCdr | LineError]:
+    """Stream CDRs from any CSV with a header, using an operator's saved mapping {field: header name}.
+
+    Fields are those of :class:`ParsedCdr` (see :data:`CDR_FIELDS`); caller, callee, start and
+    one of duration/billsec must be mapped (the other defaults to it). ``time_format`` is None
+    for ISO 8601, ``"epoch"`` for Unix seconds, or a ``strptime`` format; times without an
+    offset are in ``tz``. A header lacking a mapped column yields one LineError per missing
+    column on line 1 and nothing else. Raises ValueError at once for a bad mapping.
+    """
+    unknown = set(mapping) - set(CDR_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown CDR fields in the mapping: {', '.join(sorted(unknown))}")
+    missing = [name for name in ("caller", "callee", "start") if name not in mapping]
+    if missing or not ({"duration", "billsec"} & set(mapping)):
+        raise ValueError("the mapping must name columns for caller, callee, start and duration or billsec")
+    zone = _zone(tz)
+
+    def records() -> Iterator[ParsedCdr | LineError]:
+        stream = _records(csv.reader(_text_lines(source), delimiter=delimiter))
+        first = next(stream, None)
+        if first is None:
+            yield LineError(1, None, "the file is empty; expected a header line")
+            return
+        if isinstance(first[1], LineError):
+            yield first[1]
+            return
+        header = [name.strip() for name in first[1]]
+        absent = [(name, column) for name, column in mapping.items() if column not in header]
+        for name, column in absent:
+            yield LineError(1, column, f"the header has no column {column!r} (mapped to {name})")
+        if absent:
+            return
+        position = {name: header.index(column) for name, column in mapping.items()}
+        for line, row in stream:
+            if isinstance(row, LineError):
+                yield row
+                continue
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                yield LineError(line, None, f"the line has {len(row)} fields but the header has {len(header)}")
+                continue
+            values = {name: row[index].strip() for name, index in position.items()}
+            yield _cdr_from_values(values, row, line, zone, time_format)
+
+    return records()
