@@ -121,3 +121,12 @@ def test_operator_api_key_is_refused_on_platform_and_other_operator(
     assert demo_client.get("/api/v1/me", **auth).status_code == 200
     assert rival_client.get("/api/v1/me", **auth).status_code == 401
     assert platform_client.get("/api/v1/platform/operators/", **auth).status_code == 401
+
+
+def test_operator_console_lists_billing_models(world, demo_client):
+    from conftest import login_as
+
+    login_as(demo_client, "demo", "admin@demo.localhost")
+    response = demo_client.get("/admin/billing/cdr/")
+    assert response.status_code == 200
+    assert demo_client.get("/admin/billing/ledgerentry/add/").status_code == 403
