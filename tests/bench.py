@@ -1,0 +1,161 @@
+"""`make bench`: run the benchmark modules; one ``BENCH {"name": ..., "value": ..., "unit": ...}`` line per figure.
+
+A benchmark module is a script: ``python -m <module>`` prints its figures as ``BENCH {json}`` lines on stdout and
+exits 0 (``billing.bench_rating`` and ``tests.bench_foundation`` are two). List it in BENCHES. The runner starts each
+module in a process of its own, so every benchmark gets a fresh Django and cannot skew the next, with:
+
+- ``DATABASE_URL`` naming the database ``bench_opencarrier`` on the same PostgreSQL server as the developer's (the
+  embedded one under ./var unless DATABASE_URL is set): dropped and created empty at the start of each run, so runs
+  are repeatable, and dropped at the end; the developer's own database is never opened by a benchmark;
+- ``REDIS_URL`` naming Redis database 15 of the same Redis, flushed at the start (throttle counters of a previous
+  run must not throttle this one);
+- ``OPENCARRIER_BENCH=1``, which a benchmark that writes checks before it touches the database.
+
+Each module has at most BENCH_TIMEOUT_S seconds (environment, default 300); past that its whole process group,
+servers it started included, is killed and the run fails. Anything a module prints that is not a BENCH line goes
+to stderr, so stdout carries figures only. ``python -m tests.bench MODULE ...`` runs only the modules named.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import psycopg2
+import redis
+
+BENCHES = [
+    "tests.bench_foundation",
+    "billing.bench_rating",
+]
+BENCH_DATABASE = "bench_opencarrier"
+BENCH_REDIS_DB = 15
+TIMEOUT_S = float(os.environ.get("BENCH_TIMEOUT_S", "300"))
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def server_urls() -> tuple[str, str]:
+    """The developer's DATABASE_URL and REDIS_URL, as the settings pick them (the embedded services when unset)."""
+    from config import embedded
+
+    database_url = os.environ.get("DATABASE_URL") or embedded.database_url()
+    return database_url, os.environ.get("REDIS_URL") or embedded.redis_url()
+
+
+def with_database(database_url: str, name: str) -> str:
+    parts = urlparse(database_url)
+    return f"{parts.scheme}://{parts.netloc}/{name}" + (f"?{parts.query}" if parts.query else "")
+
+
+def with_redis_db(redis_url: str, db: int) -> str:
+    """The same Redis, database ``db`` (a ``?db=`` wins over a database in the path for redis-py)."""
+    base, _, query = redis_url.partition("?")
+    options = [option for option in query.split("&") if option and not option.startswith("db=")]
+    return f"{base}?{'&'.join([*options, f'db={db}'])}"
+
+
+def bench_database_recreate(database_url: str, *, create: bool = True) -> None:
+    """Drop the bench database (closing its leftover sessions) and, unless told not to, create it empty."""
+    # libpq takes the URL as it is; we only use the developer's database to run CREATE/DROP DATABASE.
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
+            if create:
+                cursor.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
+    finally:
+        conn.close()
+
+
+def emit(line: str) -> None:
+    """Print a child's BENCH line again, checked and in the one exact format; anything else goes to stderr."""
+    if not line.startswith("BENCH "):
+        sys.stderr.write(line)
+        return
+    figure = json.loads(line.removeprefix("BENCH "))
+    print("BENCH " + json.dumps({"name": figure["name"], "value": figure["value"], "unit": figure["unit"]}), flush=True)
+
+
+def process_group_stop(proc: subprocess.Popen) -> None:
+    """Stop whatever is left of a module's process group (itself, servers it started): TERM, then KILL after 5 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the module itself, or the group never looks empty
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def module_run(module: str, env: dict) -> bool:
+    """Run one benchmark module to the end or to the timeout; True if it finished cleanly."""
+    began = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module], cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    timed_out = threading.Event()
+
+    def on_timeout() -> None:
+        timed_out.set()
+        process_group_stop(proc)
+
+    timer = threading.Timer(TIMEOUT_S, on_timeout)
+    timer.start()
+    try:
+        for line in proc.stdout:
+            emit(line)
+        proc.wait()
+    finally:
+        timer.cancel()
+        process_group_stop(proc)
+    elapsed = time.monotonic() - began
+    if timed_out.is_set():
+        print(f"# {module}: stopped after the {TIMEOUT_S:.0f} s limit", file=sys.stderr)
+        return False
+    print(f"# {module}: exit {proc.returncode} in {elapsed:.1f} s", file=sys.stderr)
+    return proc.returncode == 0
+
+
+def main(modules: list[str]) -> int:
+    database_url, redis_url = server_urls()
+    bench_database_url = with_database(database_url, BENCH_DATABASE)
+    bench_redis_url = with_redis_db(redis_url, BENCH_REDIS_DB)
+    bench_database_recreate(database_url)
+    redis.Redis.from_url(bench_redis_url).flushdb()
+    env = dict(
+        os.environ,
+        DATABASE_URL=bench_database_url,
+        REDIS_URL=bench_redis_url,
+        OPENCARRIER_BENCH="1",
+        PYTHONUNBUFFERED="1",
+    )
+    env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
+    failed = []
+    try:
+        for module in modules:
+            if not module_run(module, env):
+                failed.append(module)
+    finally:
+        bench_database_recreate(database_url, create=False)
+    if failed:
+        print(f"# failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:] or BENCHES))
