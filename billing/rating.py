@@ -13,7 +13,8 @@ Rules, in telecom terms (the tests in ``billing/tests/test_rating.py`` pin each 
   next shorter prefix is tried, and so on. A number with no applicable prefix is unrated.
 * **Versions.** Each (prefix, service, time band) is a series of versions; the one with the
   latest ``effective_from <= start`` applies, so a future-dated rate takes over on its date
-  without anyone touching the deck. ``effective_from=None`` means "since forever".
+  without anyone touching the deck. ``effective_from=None`` means "since forever". A series
+  has no end date: a band is retired by deleting its rows, not by a newer unbanded version.
 * **Time bands** are judged in the operator's time zone at the call's START: a call that
   starts at 17:59 on peak is billed entirely at peak even if it ends off-peak. A rate whose
   band is open beats the same prefix's rate without a band; if several bands are open at
@@ -666,8 +667,10 @@ class BulkRater:
 
     * Each prefix of length L is the integer interval ``[p * 10**(18-L), (p+1) * 10**(18-L))``
       in the space of 18-digit right-padded numbers. Prefix intervals are nested or disjoint,
-      so the line splits into elementary segments, each owned by its longest covering prefix;
-      one ``np.searchsorted`` per CDR finds the longest matching prefix. A prefix that has no
+      so the line splits into elementary segments, each owned by its longest covering prefix.
+      A direct table indexed by a number's first six digits (4 MB of int32) names the owner
+      for most numbers; the rest (blocks cut by longer prefixes) take one ``np.searchsorted``
+      over the segments. Either way this is the longest matching prefix. A prefix that has no
       applicable rate (future-dated only, closed band) or is longer than the number hands the
       row to its parent prefix (the next shorter one in the deck), as the scalar path does.
     * Versions: distinct ``effective_from`` instants are ranked; every (prefix, band) series
@@ -770,7 +773,7 @@ class BulkRater:
         """Rate a batch of CDRs of one service; row ``i`` equals ``rate_one`` on the i-th CDR.
 
         ``numbers`` are the dialled numbers (list of str or a numpy str/bytes array), ``seconds``
-        the answered seconds (billsec), ``at`` the start times (datetime64, or epoch seconds),
+        the answered seconds (billsec), ``at`` the start times (datetime64 in UTC, or epoch seconds),
         ``units`` message parts or USSD events for sms/ussd (ignored for voice).
         """
         if service not in SERVICES:
