@@ -6,17 +6,17 @@ module in a process of its own, so every benchmark gets a fresh Django and canno
 
 - ``DATABASE_URL`` naming the database ``bench_opencarrier`` on the same PostgreSQL server as the developer's (the
   embedded one under ./var unless DATABASE_URL is set): dropped and created empty at the start of each run, so runs
-  are repeatable, and dropped at the end; the developer's own database is never opened by a benchmark;
+  are repeatable, and dropped at the end (the runner only uses the developer's own database to create and drop it,
+  and holds an advisory lock there meanwhile, so a second ``make bench`` on the same server waits its turn);
 - ``REDIS_URL`` naming Redis database 15 of the same Redis, flushed at the start (throttle counters of a previous
   run must not throttle this one);
 - ``OPENCARRIER_BENCH=1``, which a benchmark that writes checks before it touches the database.
 
-Each module has at most BENCH_TIMEOUT_S seconds (environment, default 300); past that its whole process group,
+Each module has at most BENCH_TIMEOUT_S seconds (environment, default 600); past that its whole process group,
 servers it started included, is killed and the run fails. Anything a module prints that is not a BENCH line goes
 to stderr, so stdout carries figures only. ``python -m tests.bench MODULE ...`` runs only the modules named.
 """
 
-import contextlib
 import json
 import os
 import signal
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -36,7 +37,8 @@ BENCHES = [
 ]
 BENCH_DATABASE = "bench_opencarrier"
 BENCH_REDIS_DB = 15
-TIMEOUT_S = float(os.environ.get("BENCH_TIMEOUT_S", "300"))
+TIMEOUT_S = float(os.environ.get("BENCH_TIMEOUT_S", "600"))
+LOCK_WAIT_S = 600
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -60,18 +62,31 @@ def with_redis_db(redis_url: str, db: int) -> str:
     return f"{base}?{'&'.join([*options, f'db={db}'])}"
 
 
-def bench_database_recreate(database_url: str, *, create: bool = True) -> None:
-    """Drop the bench database (closing its leftover sessions) and, unless told not to, create it empty."""
-    # libpq takes the URL as it is; we only use the developer's database to run CREATE/DROP DATABASE.
-    conn = psycopg2.connect(database_url)
+@contextmanager
+def bench_database(database_url: str):
+    """The URL of the bench database, created empty on the developer's server and dropped on the way out.
+
+    The run holds an advisory lock of that server meanwhile: two ``make bench`` at once would drop each other's
+    database and skew each other's figures, so the second one waits for the first (at most LOCK_WAIT_S).
+    """
+    conn = psycopg2.connect(database_url)  # the developer's database, used only to run CREATE/DROP DATABASE
     conn.autocommit = True
     try:
         with conn.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [BENCH_DATABASE])
+            if not cursor.fetchone()[0]:
+                print("# another make bench is running on this PostgreSQL server; waiting for it", file=sys.stderr)
+                cursor.execute(f"SET lock_timeout = '{LOCK_WAIT_S}s'")
+                cursor.execute("SELECT pg_advisory_lock(hashtext(%s))", [BENCH_DATABASE])
             cursor.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
-            if create:
-                cursor.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
+            cursor.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
+        yield with_database(database_url, BENCH_DATABASE)
     finally:
-        conn.close()
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
+        finally:
+            conn.close()  # and with it the lock
 
 
 def emit(line: str) -> None:
@@ -97,7 +112,7 @@ def process_group_stop(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
+    with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
@@ -133,25 +148,17 @@ def module_run(module: str, env: dict) -> bool:
 
 def main(modules: list[str]) -> int:
     database_url, redis_url = server_urls()
-    bench_database_url = with_database(database_url, BENCH_DATABASE)
-    bench_redis_url = with_redis_db(redis_url, BENCH_REDIS_DB)
-    bench_database_recreate(database_url)
-    redis.Redis.from_url(bench_redis_url).flushdb()
-    env = dict(
-        os.environ,
-        DATABASE_URL=bench_database_url,
-        REDIS_URL=bench_redis_url,
-        OPENCARRIER_BENCH="1",
-        PYTHONUNBUFFERED="1",
-    )
-    env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
     failed = []
-    try:
+    with bench_database(database_url) as bench_database_url:
+        bench_redis_url = with_redis_db(redis_url, BENCH_REDIS_DB)
+        redis.Redis.from_url(bench_redis_url).flushdb()
+        env = dict(os.environ, DATABASE_URL=bench_database_url, REDIS_URL=bench_redis_url, OPENCARRIER_BENCH="1")
+        env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
+        env.setdefault("LOG_LEVEL", "WARNING")
+        env["PYTHONUNBUFFERED"] = "1"  # figures show up as they are measured
         for module in modules:
             if not module_run(module, env):
                 failed.append(module)
-    finally:
-        bench_database_recreate(database_url, create=False)
     if failed:
         print(f"# failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -3,7 +3,10 @@
 On an empty database: ``prepare_platform``, then 200 operators provisioned one after the other, then:
 
 * ``provision_operator_s`` / ``provision_operator_p90_s``: median and p90 of one
-  ``operator_provision(send_welcome=False)`` (template clone path) over the 200 operators;
+  ``operator_provision(send_welcome=False)`` (template clone path) over the 200 operators, each on a database
+  connection of its own, as a console or API request has: on one long-lived connection every call is slower
+  than the last, because django-tenants re-creates its ``clone_schema`` function on every clone and the
+  PostgreSQL session keeps each compiled copy and its plans;
 * ``api_me_{operator,platform}_{p50,p99}_ms``: latency of ``GET /api/v1/me`` with an API key, sequential on
   kept-alive connections to the real ASGI server (uvicorn in a subprocess, 127.0.0.1), on one operator's domain
   and on the platform domain, 2,000 requests each after 200 of warm-up, interleaved so machine noise hits both
@@ -36,6 +39,7 @@ from pathlib import Path  # noqa: E402
 
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
+from django.db import connection  # noqa: E402
 from django_tenants.utils import schema_context  # noqa: E402
 
 from core.services import api_key_create, user_create  # noqa: E402
@@ -62,10 +66,10 @@ def operator_host(slug: str) -> str:
     return f"{slug}.bench.localhost"
 
 
-def operators_provision() -> list[float]:
-    """Provision OPERATORS operators one after the other; the seconds each took."""
+def operators_provision(count: int) -> list[float]:
+    """Provision operators ``op000``, ``op001``... one after the other; the seconds each took."""
     durations = []
-    for number in range(OPERATORS):
+    for number in range(count):
         slug = f"op{number:03d}"
         began = time.perf_counter()
         operator_provision(
@@ -76,6 +80,7 @@ def operators_provision() -> list[float]:
             send_welcome=False,
         )
         durations.append(time.perf_counter() - began)
+        connection.close()  # the next one connects anew (within its timing), as a request of its own does
     return durations
 
 
@@ -97,7 +102,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def asgi_server():
+def asgi_server(platform_key: str):
     """The platform's real ASGI server on 127.0.0.1 (same settings and bench database as this process); its port."""
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
@@ -109,10 +114,7 @@ def asgi_server():
             if server.poll() is not None:
                 raise RuntimeError(f"uvicorn exited with {server.returncode}")
             try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                connection.request("GET", "/api/v1/me", headers={"Host": PLATFORM_HOST})
-                connection.getresponse().read()
-                connection.close()
+                api_me_ms(http.client.HTTPConnection("127.0.0.1", port, timeout=5), PLATFORM_HOST, platform_key)
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -128,11 +130,11 @@ def asgi_server():
             server.wait()
 
 
-def api_me_ms(connection: http.client.HTTPConnection, host: str, key: str) -> float:
+def api_me_ms(client: http.client.HTTPConnection, host: str, key: str) -> float:
     """One GET /api/v1/me on a kept-alive connection, in milliseconds; it must answer 200."""
     began = time.perf_counter_ns()
-    connection.request("GET", "/api/v1/me", headers={"Host": host, "Authorization": f"Api-Key {key}"})
-    response = connection.getresponse()
+    client.request("GET", "/api/v1/me", headers={"Host": host, "Authorization": f"Api-Key {key}"})
+    response = client.getresponse()
     body = response.read()
     elapsed_ms = (time.perf_counter_ns() - began) / 1e6
     if response.status != 200:
@@ -148,12 +150,12 @@ def api_me_latencies(port: int, operator_key: str, platform_key: str) -> tuple[l
     ]
     for number in range(WARMUP_REQUESTS + MEASURED_REQUESTS):
         # Swap which side goes first on every round, so neither always follows the other.
-        for connection, host, key, latencies in sides if number % 2 else reversed(sides):
-            elapsed_ms = api_me_ms(connection, host, key)
+        for client, host, key, latencies in sides if number % 2 else reversed(sides):
+            elapsed_ms = api_me_ms(client, host, key)
             if number >= WARMUP_REQUESTS:
                 latencies.append(elapsed_ms)
-    for connection, *_ in sides:
-        connection.close()
+    for client, *_ in sides:
+        client.close()
     return sides[0][3], sides[1][3]
 
 
@@ -170,13 +172,14 @@ def main() -> None:
     call_command("prepare_platform", verbosity=0)
     print(f"# prepare_platform on an empty database: {time.perf_counter() - began:.1f} s", flush=True)
 
-    durations = operators_provision()
+    durations = operators_provision(OPERATORS)
     bench("provision_operator_s", round(statistics.median(durations), 4), "s")
     bench("provision_operator_p90_s", round(percentile(durations, 90), 4), "s")
-    print(f"# {OPERATORS} operators provisioned in {sum(durations):.1f} s, slowest {max(durations):.3f} s", flush=True)
+    print(f"# {OPERATORS} operators provisioned in {sum(durations):.1f} s, slowest {max(durations):.3f} s; "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
 
     operator_key, platform_key = api_keys_create()
-    with asgi_server() as port:
+    with asgi_server(platform_key) as port:
         operator_ms, platform_ms = api_me_latencies(port, operator_key, platform_key)
     operator_p50, platform_p50 = statistics.median(operator_ms), statistics.median(platform_ms)
     bench("api_me_operator_p50_ms", round(operator_p50, 3), "ms")
@@ -184,6 +187,7 @@ def main() -> None:
     bench("api_me_platform_p50_ms", round(platform_p50, 3), "ms")
     bench("api_me_platform_p99_ms", round(percentile(platform_ms, 99), 3), "ms")
     bench("tenancy_routing_overhead_p50_ms", round(operator_p50 - platform_p50, 3), "ms")
+    print(f"# load average {os.getloadavg()[0]:.2f}", flush=True)
 
     bench("migrate_schemas_200_noop_s", round(migrate_schemas_s(), 2), "s")
     parallel_s = migrate_schemas_s("--executor", "multiprocessing")
