@@ -399,10 +399,11 @@ def cdrs_rate_pending(*, tz: str | None = None) -> int:
 
     tz = tz or getattr(getattr(connection, "tenant", None), "time_zone", "UTC")
     accounts = {a.code: a for a in Account.objects.select_related("tariff")}
-    rated = 0
     pending = list(Cdr.objects.filter(status="unrated")[:50000])
+    now = timezone.now()
     for cdr in pending:
         _rate_cdr(cdr, accounts.get(cdr.account_code), tz)
+        cdr.updated_at = now  # bulk_update does not apply auto_now
     done = [c for c in pending if c.status == "rated"]
     with transaction.atomic():
         Cdr.objects.bulk_update(
@@ -421,8 +422,7 @@ def cdrs_rate_pending(*, tz: str | None = None) -> int:
             batch_size=5000,
         )
         _charge_rated(done)
-    rated += len(done)
-    return rated
+    return len(done)
 
 
 def account_create(

@@ -14,7 +14,7 @@ from django_tenants.utils import schema_context
 
 from config.embedded import VAR_DIR
 from tenants.models import Operator
-from tenants.services import operator_provision, platform_tenant_ensure
+from tenants.services import operator_provision, platform_tenant_ensure, public_url
 
 from .choices import CustomerKind
 from .models import Customer
@@ -47,7 +47,7 @@ def demo_load(*, logins_file: Path = LOGINS_FILE) -> dict:
         admin.set_password(platform_password)
         admin.save()
     logins["platform"] = {
-        "url": _url(settings.PLATFORM_DOMAIN, "/admin/"),
+        "url": public_url(settings.PLATFORM_DOMAIN, "/admin/"),
         "email": "admin@localhost",
         "password": platform_password,
     }
@@ -89,12 +89,12 @@ def demo_load(*, logins_file: Path = LOGINS_FILE) -> dict:
         for module, function in DEMO_STEPS:
             getattr(__import__(module, fromlist=[function]), function)(operator=operator)
     logins["operator"] = {
-        "url": _url(DEMO_DOMAIN, "/admin/"),
+        "url": public_url(DEMO_DOMAIN, "/admin/"),
         "email": "admin@demo.localhost",
         "password": operator_password,
     }
     logins["client"] = {
-        "url": _url(f"acme.{DEMO_DOMAIN}", "/"),
+        "url": public_url(f"acme.{DEMO_DOMAIN}", "/"),
         "email": "boss@acme.example",
         "password": client_password,
     }
@@ -102,7 +102,3 @@ def demo_load(*, logins_file: Path = LOGINS_FILE) -> dict:
     logins_file.write_text(json.dumps(logins, indent=2))
     logins_file.chmod(0o600)
     return logins
-
-
-def _url(host: str, path: str) -> str:
-    return f"{settings.PLATFORM_SCHEME}://{host}{settings.PLATFORM_PORT}{path}"
