@@ -39,3 +39,13 @@ class Leg(models.TextChoices):
 class CdrStatus(models.TextChoices):
     RATED = "rated", "Rated"
     UNRATED = "unrated", "Unrated"
+
+
+class CdrFormatKind(models.TextChoices):
+    FREEPHONE = "freephone", "Freephone platform record"
+    GENERIC = "generic", "Generic CSV"
+
+
+class RerateStatus(models.TextChoices):
+    DRAFT = "draft", "What-if"
+    CONFIRMED = "confirmed", "Confirmed"

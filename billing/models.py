@@ -5,7 +5,17 @@ from django.db import models
 
 from core.models import Customer
 
-from .choices import AccountKind, CdrStatus, EntryKind, Leg, ReservationStatus, Service, TariffKind
+from .choices import (
+    AccountKind,
+    CdrFormatKind,
+    CdrStatus,
+    EntryKind,
+    Leg,
+    RerateStatus,
+    ReservationStatus,
+    Service,
+    TariffKind,
+)
 
 
 def money_field(**kwargs) -> models.DecimalField:
@@ -19,11 +29,22 @@ class Tariff(models.Model):
     name = models.CharField(max_length=100, unique=True)
     kind = models.CharField(max_length=8, choices=TariffKind.choices, default=TariffKind.PRICE)
     currency = models.CharField(max_length=3)
+    is_default_cost = models.BooleanField(
+        default=False, help_text="The supplier cost of calls that leave by no named trunk (one cost tariff at most)."
+    )
+    # Class-grid pricing (freephone): how a grid call's minutes are billed.
+    grid_first_increment = models.PositiveIntegerField(default=60)
+    grid_next_increment = models.PositiveIntegerField(default=60)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default_cost"], condition=models.Q(is_default_cost=True), name="uniq_default_cost_tariff"
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -80,6 +101,89 @@ class Rate(models.Model):
         return f"{self.first_increment}/{self.next_increment}"
 
 
+class Trunk(models.Model):
+    """A supplier route calls leave by (a SIP trunk, an interconnect); its cost tariff prices what it costs us."""
+
+    name = models.CharField(max_length=80, unique=True, help_text="As the switch names it in CDRs (dstchannel).")
+    cost_tariff = models.ForeignKey(
+        Tariff, on_delete=models.PROTECT, related_name="trunks", limit_choices_to={"kind": TariffKind.COST}
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TariffClass(models.Model):
+    """A group of origination or termination directions priced as one row or column of a tariff's grid.
+
+    Numbers fall in the class with the longest matching prefix (fixed, mobile, toll-free, own network…).
+    """
+
+    tariff = models.ForeignKey(Tariff, on_delete=models.CASCADE, related_name="classes")
+    direction = models.CharField(max_length=12, choices=Leg.choices)
+    name = models.CharField(max_length=80)
+    prefixes = ArrayField(models.CharField(max_length=15), default=list, blank=True)
+    leg_rate = money_field(
+        default=Decimal(0),
+        help_text="Origination classes: what the origination leg alone costs per minute (a call to the own IVR).",
+    )
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["tariff", "direction", "position", "name"]
+        verbose_name_plural = "tariff classes"
+        constraints = [models.UniqueConstraint(fields=["tariff", "direction", "name"], name="uniq_tariff_class")]
+
+    def __str__(self) -> str:
+        return f"{self.get_direction_display()}: {self.name}"
+
+
+class ClassRate(models.Model):
+    """One cell of a tariff's class grid: the total price per minute from an origination to a termination class."""
+
+    tariff = models.ForeignKey(Tariff, on_delete=models.CASCADE, related_name="class_rates")
+    origination = models.ForeignKey(TariffClass, on_delete=models.CASCADE, related_name="+")
+    termination = models.ForeignKey(TariffClass, on_delete=models.CASCADE, related_name="+")
+    rate = money_field()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["tariff", "origination", "termination"]
+        constraints = [
+            models.UniqueConstraint(fields=["origination", "termination"], name="uniq_class_rate_cell"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.origination.name} → {self.termination.name}: {self.rate}"
+
+
+class MinutePackage(models.Model):
+    """Included and volume-tiered minutes per calendar month for calls to a group of destination prefixes."""
+
+    name = models.CharField(max_length=100, unique=True)
+    prefixes = ArrayField(models.CharField(max_length=15))
+    included_minutes = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal(0))
+    tiers = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='After the included minutes: [{"up_to_minutes": "1000", "rate": "0.05"}, {"up_to_minutes": null, '
+        '"rate": "0.03"}]; minutes beyond a bounded last tier are priced from the rate deck.',
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Account(models.Model):
     """A balance: of one customer (subscriber, PBX client, SMS client, partner) or of the operator itself.
 
@@ -94,6 +198,7 @@ class Account(models.Model):
     kind = models.CharField(max_length=8, choices=AccountKind.choices, default=AccountKind.PREPAID)
     credit_limit = money_field(default=Decimal(0), help_text="How far below zero a prepaid account may go.")
     tariff = models.ForeignKey(Tariff, null=True, blank=True, on_delete=models.PROTECT, related_name="accounts")
+    packages = models.ManyToManyField(MinutePackage, blank=True, related_name="accounts")
     balance = money_field(default=Decimal(0), editable=False)
     reserved = money_field(default=Decimal(0), editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -147,6 +252,8 @@ class Cdr(models.Model):
     matched_prefix = models.CharField(max_length=15, blank=True)
     destination = models.CharField(max_length=100, blank=True)
     billed_seconds = models.PositiveIntegerField(default=0)
+    package_seconds = models.PositiveIntegerField(default=0, help_text="Billed seconds a minute package priced.")
+    trunk = models.CharField(max_length=80, blank=True)
     price = money_field(null=True, blank=True)
     cost = money_field(null=True, blank=True)
     currency = models.CharField(max_length=3, blank=True)
@@ -205,3 +312,77 @@ class Reservation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.status} {self.amount} on {self.account_id}"
+
+
+class PackageUsage(models.Model):
+    """The counter of one account's seconds in one minute package for one period (calendar month)."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="package_usage")
+    package = models.ForeignKey(MinutePackage, on_delete=models.CASCADE, related_name="usage")
+    period_start = models.DateField()
+    used_seconds = models.PositiveBigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-period_start"]
+        constraints = [
+            models.UniqueConstraint(fields=["account", "package", "period_start"], name="uniq_package_usage"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.account_id} {self.package_id} {self.period_start}: {self.used_seconds}s"
+
+
+class FreephoneNumber(models.Model):
+    """A freephone (8-800) number and the account of its owner, who pays for the calls to it."""
+
+    number = models.CharField(max_length=32, unique=True)
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="freephone_numbers")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["number"]
+
+    def __str__(self) -> str:
+        return self.number
+
+
+class CdrFormat(models.Model):
+    """A saved column mapping for CDR files: the freephone platform's profile or a generic CSV's columns."""
+
+    name = models.CharField(max_length=80, unique=True)
+    kind = models.CharField(max_length=12, choices=CdrFormatKind.choices)
+    columns = models.JSONField(help_text='Field → 0-based column (negative counts from the end): {"caller": 6, …}')
+    delimiter = models.CharField(max_length=1, default=",")
+    has_header = models.BooleanField(default=False)
+    time_format = models.CharField(max_length=40, blank=True, help_text="strftime pattern; empty: ISO 8601.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RerateRun(models.Model):
+    """A what-if re-rating of a period under a tariff; confirming it posts the differences as adjustments."""
+
+    tariff = models.ForeignKey(
+        Tariff, null=True, blank=True, on_delete=models.PROTECT, help_text="Candidate tariff; empty: each current one."
+    )
+    account = models.ForeignKey(Account, null=True, blank=True, on_delete=models.PROTECT, help_text="Empty: all.")
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    status = models.CharField(max_length=10, choices=RerateStatus.choices, default=RerateStatus.DRAFT)
+    summary = models.JSONField(default=dict, blank=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"rerate {self.pk} {self.period_start:%Y-%m-%d}…{self.period_end:%Y-%m-%d} {self.status}"

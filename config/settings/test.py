@@ -18,5 +18,10 @@ CACHES["default"]["KEY_PREFIX"] = "test"  # noqa: F405
 CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = "oc:test:ws"  # noqa: F405
 # A broker database of their own, so a `make run` worker on the same embedded Redis never takes test tasks;
 # tests read task results back (the platform itself does not keep them).
-CELERY_BROKER_URL = CELERY_BROKER_URL + ("&" if "?" in CELERY_BROKER_URL else "?") + "virtual_host=9"  # noqa: F405
+# OC_TEST_DB lets several test runs share the embedded servers side by side (each its own database and broker).
+_TEST_REDIS_DB = env("OC_TEST_REDIS_DB", "9")
+CELERY_BROKER_URL = (  # noqa: F405
+    CELERY_BROKER_URL + ("&" if "?" in CELERY_BROKER_URL else "?") + f"virtual_host={_TEST_REDIS_DB}"  # noqa: F405
+)
 CELERY_RESULT_BACKEND = CELERY_BROKER_URL
+DATABASES["default"].setdefault("TEST", {})["NAME"] = "test_" + env("OC_TEST_DB", "opencarrier")  # noqa: F405
