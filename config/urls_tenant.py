@@ -14,6 +14,8 @@ handler500 = "core.errors.server_error"
 
 api_v1 = [
     path("", include("core.api.urls")),
+    path("billing/", include("billing.api.urls")),
+    path("sms/", include("sms.api.urls")),
 ]
 
 urlpatterns = [

@@ -1,0 +1,5 @@
+from core.api.routers import Router
+
+router = Router()
+
+urlpatterns = [*router.urls]
