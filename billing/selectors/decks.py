@@ -4,8 +4,8 @@ from datetime import datetime
 
 from django.db import connection
 
-from . import rating
-from .models import Rate, Tariff, TimeBand
+from .. import rating
+from ..models import Rate, Tariff, TimeBand
 
 # (schema, tariff id) -> (tariff.updated_at, deck). Importing rates touches the tariff, which retires the entry.
 _decks: dict[tuple[str, int], tuple[datetime, rating.RateDeck]] = {}
