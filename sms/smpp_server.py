@@ -17,6 +17,13 @@ operator's SMSC in development and tests, so its behaviour follows SMPP 3.4 wher
   for commands it does not implement (query_sm, data_sm, submit_multi, cancel_sm, replace_sm, ...), and
   generic_nack ESME_RINVCMDLEN followed by a disconnect for a command_length it cannot frame.
 
+For the ESME's tests: ``response_delay`` holds every submit_sm_resp that long (``max_pending_responses``
+counts what an ESME had outstanding at once), ``idle_timeout`` closes sessions that send nothing (not even
+enquire_link), ``receipt_tlvs=False`` sends text-only receipts as older SMSCs do, ``record_submits`` keeps every
+accepted submit_sm (:class:`AcceptedSubmit`), a deliver_sm answered ESME_RX_T_APPN (0x64, "temporary") is
+delivered again after ``redeliver_delay``, :meth:`SmscSimulator.mute_all` turns the open sessions deaf (a
+half-dead link) and :meth:`SmscSimulator.unbind_all` unbinds them from the SMSC side.
+
 Faults, reproducible with ``seed``: ``throttle_ratio`` of submit_sm get ESME_RTHROTTLED (0x58), ``reject_ratio``
 get ESME_RSUBMITFAIL (0x45), and ``failure_ratio`` of the accepted ones end UNDELIV with err 001 in their
 receipt. :meth:`SmscSimulator.drop_all` cuts every TCP connection for reconnect tests, and
@@ -38,18 +45,21 @@ import logging
 import random
 import signal
 import struct
+import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import NamedTuple, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, NamedTuple, TypeVar
 
 from .encoding import UnsupportedDataCoding, decode, encode
 
 __all__ = [
+    "AcceptedSubmit",
     "SmppError",
     "SmscSimulator",
     "SmscSimulatorThread",
     "SubmitSm",
+    "add_arguments",
     "address_ton_npi",
     "build_argument_parser",
     "deliver_sm_body",
@@ -57,6 +67,7 @@ __all__ = [
     "parse_submit_sm",
     "parse_tlvs",
     "pdu",
+    "run",
     "serve",
     "tlv",
 ]
@@ -92,6 +103,7 @@ ESME_RSYSERR = 0x00000008
 ESME_RBINDFAIL = 0x0000000D
 ESME_RSUBMITFAIL = 0x00000045
 ESME_RTHROTTLED = 0x00000058
+ESME_RX_T_APPN = 0x00000064  # deliver_sm_resp: ESME receiver temporary error, deliver again
 
 # --- TLV tags (5.3.2) ---
 TAG_RECEIPTED_MESSAGE_ID = 0x001E
@@ -266,6 +278,15 @@ def address_ton_npi(address: str) -> tuple[int, int, bytes]:
     return 5, 0, address.encode("ascii", errors="replace")  # alphanumeric sender id
 
 
+class AcceptedSubmit(NamedTuple):
+    """A submit_sm the simulator accepted (recorded with ``record_submits``)."""
+
+    system_id: str
+    submit: SubmitSm
+    message_id: str
+    at: float  # time.monotonic() when it arrived
+
+
 class _Deliverable(NamedTuple):
     """A deliver_sm body on its way to an ESME: a delivery receipt or an MO message part."""
 
@@ -297,6 +318,10 @@ class _SmppSession(asyncio.Protocol):
         self._out: list[bytes] = []
         self._close_after_flush = False
         self._sequence = 0
+        self._status = ESME_ROK  # command_status of the PDU being handled
+        self.muted = False  # SmscSimulator.mute_all(): read and ignore everything, as a half-dead link would
+        self.last_received = 0.0  # event loop time of the last PDU, for idle_timeout
+        self.pending_responses = 0  # submit_sm_resp held back by response_delay
         # deliver_sm sent but not answered yet, by sequence number: stored again if the session drops.
         self.in_flight: dict[int, _Deliverable] = {}
         self._handlers: dict[int, Callable[[int, bytes], bytes | None]] = {
@@ -307,6 +332,7 @@ class _SmppSession(asyncio.Protocol):
             BIND_RECEIVER: functools.partial(self._on_bind, "receiver"),
             BIND_TRANSCEIVER: functools.partial(self._on_bind, "transceiver"),
             UNBIND: self._on_unbind,
+            UNBIND_RESP: self._on_unbind_resp,
         }
 
     # --- asyncio.Protocol ---
@@ -315,6 +341,7 @@ class _SmppSession(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)  # TCP server only
         self.transport = transport
         self.peer = transport.get_extra_info("peername")
+        self.last_received = asyncio.get_running_loop().time()
         self.sim._sessions.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -322,6 +349,9 @@ class _SmppSession(asyncio.Protocol):
         logger.info("SMPP session %s (%s) closed", self.system_id, self.peer)
 
     def data_received(self, data: bytes) -> None:
+        if self.muted:
+            return
+        self.last_received = asyncio.get_running_loop().time()
         buffer = self._buffer
         buffer += data
         consumed = 0
@@ -329,7 +359,7 @@ class _SmppSession(asyncio.Protocol):
         handlers = self._handlers
         out = self._out
         while available - consumed >= HEADER_SIZE:
-            length, command_id, _status, sequence = HEADER.unpack_from(buffer, consumed)
+            length, command_id, self._status, sequence = HEADER.unpack_from(buffer, consumed)
             if length < HEADER_SIZE or length > MAX_PDU_SIZE:
                 # The stream cannot be re-synchronised: say why and hang up, as 3.4 section 2.7 expects.
                 out.append(pdu(GENERIC_NACK, ESME_RINVCMDLEN, sequence))
@@ -398,6 +428,7 @@ class _SmppSession(asyncio.Protocol):
         system_id = system_id_raw.decode("latin-1")
         if not self.sim._authorised(system_id, password_raw.decode("latin-1")):
             logger.info("SMPP bind refused for system_id %r from %s", system_id, self.peer)
+            self.sim.bind_failures += 1
             return pdu(resp_id, ESME_RBINDFAIL, sequence)
         self.system_id = system_id
         self.mode = mode
@@ -410,23 +441,52 @@ class _SmppSession(asyncio.Protocol):
         return None
 
     def _on_unbind(self, sequence: int, body: bytes) -> bytes:
+        self.sim.unbinds += 1
         self.sim._unbound(self)
         self.mode = None
         # The ESME is expected to close now; closing ourselves after the response saves a half-open socket.
         self._close_after_flush = True
         return pdu(UNBIND_RESP, ESME_ROK, sequence)
 
+    def _on_unbind_resp(self, sequence: int, body: bytes) -> None:
+        # The answer to an SMSC-initiated unbind (SmscSimulator.unbind_all): the session is over.
+        self._close_after_flush = True
+
     def _on_enquire_link(self, sequence: int, body: bytes) -> bytes:
+        self.sim.enquire_links += 1
         return pdu(ENQUIRE_LINK_RESP, ESME_ROK, sequence)
 
     def _on_deliver_sm_resp(self, sequence: int, body: bytes) -> None:
-        self.in_flight.pop(sequence, None)
+        deliverable = self.in_flight.pop(sequence, None)
+        if deliverable is not None and self._status == ESME_RX_T_APPN and self.system_id is not None:
+            # "Temporary application error": the ESME could not take it now; offer it again a little later.
+            self.sim.redelivered += 1
+            asyncio.get_running_loop().call_later(
+                self.sim.redeliver_delay, self.sim._redeliver, self.system_id, deliverable
+            )
 
     def _on_submit_sm(self, sequence: int, body: bytes) -> bytes:
         if self.mode not in _TRANSMITTER_MODES:
             return pdu(SUBMIT_SM_RESP, ESME_RINVBNDSTS, sequence)
         submit = parse_submit_sm(body)
-        return self.sim._accept_submit(self, sequence, submit)
+        response = self.sim._accept_submit(self, sequence, submit)
+        delay = self.sim.response_delay
+        if not delay:
+            return response
+        # Answer later, as a busy SMSC does: what is held here is what the ESME has outstanding.
+        self.pending_responses += 1
+        sim = self.sim
+        sim._pending_responses += 1
+        sim.max_pending_responses = max(sim.max_pending_responses, sim._pending_responses)
+        asyncio.get_running_loop().call_later(delay, self._respond_late, response)
+        return None
+
+    def _respond_late(self, response: bytes) -> None:
+        self.pending_responses -= 1
+        self.sim._pending_responses -= 1
+        if self.transport is not None and not self.transport.is_closing():
+            self._out.append(response)
+            self.flush()
 
 
 class SmscSimulator:
@@ -450,6 +510,11 @@ class SmscSimulator:
         system_ids: dict[str, str] | None = None,
         seed: int | None = None,
         smsc_system_id: str = "OpenCarrierSMSC",
+        response_delay: float = 0.0,
+        idle_timeout: float = 0.0,
+        receipt_tlvs: bool = True,
+        record_submits: bool = False,
+        redeliver_delay: float = 0.5,
     ) -> None:
         for name, ratio in (
             ("failure_ratio", failure_ratio),
@@ -458,14 +523,26 @@ class SmscSimulator:
         ):
             if not 0.0 <= ratio <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {ratio}")
-        if receipt_delay < 0:
-            raise ValueError(f"receipt_delay must not be negative, got {receipt_delay}")
+        for name, seconds in (
+            ("receipt_delay", receipt_delay),
+            ("response_delay", response_delay),
+            ("idle_timeout", idle_timeout),
+            ("redeliver_delay", redeliver_delay),
+        ):
+            if seconds < 0:
+                raise ValueError(f"{name} must not be negative, got {seconds}")
         self.host = host
         self.port = port
         self.receipt_delay = receipt_delay
         self.failure_ratio = failure_ratio
         self.throttle_ratio = throttle_ratio
         self.reject_ratio = reject_ratio
+        self.response_delay = response_delay
+        self.idle_timeout = idle_timeout
+        self.receipt_tlvs = receipt_tlvs
+        self.redeliver_delay = redeliver_delay
+        # Every accepted submit_sm, when record_submits.
+        self.accepted: list[AcceptedSubmit] | None = [] if record_submits else None
         self.system_ids = dict(system_ids) if system_ids is not None else None
         self.smsc_system_id = smsc_system_id.encode("ascii")
         self._rng = random.Random(seed)  # fault injection, not security
@@ -479,6 +556,14 @@ class SmscSimulator:
         self.failed = 0
         self.receipts_sent = 0
         self.mo_sent = 0
+        self.bind_failures = 0
+        self.unbinds = 0
+        self.enquire_links = 0
+        self.idle_closed = 0
+        self.redelivered = 0
+        self.max_pending_responses = 0
+        self._pending_responses = 0
+        self._idle_task: asyncio.Task[None] | None = None
 
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[_SmppSession] = set()
@@ -498,6 +583,8 @@ class SmscSimulator:
         self._server = await loop.create_server(lambda: _SmppSession(self), self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         self._receipt_task = asyncio.create_task(self._send_receipts_when_due(), name="smsc-receipts")
+        if self.idle_timeout:
+            self._idle_task = asyncio.create_task(self._close_idle_sessions(), name="smsc-idle")
         logger.info("SMSC simulator listening on %s:%d", self.host, self.port)
 
     async def stop(self) -> None:
@@ -509,11 +596,12 @@ class SmscSimulator:
                 session.enqueue(pdu(UNBIND, ESME_ROK, MAX_SEQUENCE))
             session._close_after_flush = True
             session.flush()
-        if self._receipt_task is not None:
-            self._receipt_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._receipt_task
-            self._receipt_task = None
+        for task in (self._receipt_task, self._idle_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._receipt_task = self._idle_task = None
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -529,16 +617,40 @@ class SmscSimulator:
         await asyncio.sleep(0)
         return len(sessions)
 
+    async def unbind_all(self) -> int:
+        """Send unbind to every bound session (an SMSC-initiated unbind, e.g. for maintenance) while still
+        listening; each connection closes once the ESME answers. Returns how many were asked."""
+        bound = [session for session in self._sessions if session.mode is not None]
+        for session in bound:
+            self._unbound(session)
+            session.mode = None
+            session.enqueue(pdu(UNBIND, ESME_ROK, MAX_SEQUENCE))
+            session.flush()
+        return len(bound)
+
+    async def mute_all(self) -> int:
+        """Make every open session ignore whatever it receives from now on (no answers, not even to
+        enquire_link) while the TCP connection stays up: a half-dead link. New connections answer normally."""
+        sessions = list(self._sessions)
+        for session in sessions:
+            session.muted = True
+        return len(sessions)
+
     def stats(self) -> dict[str, int]:
         """Counters, plus the open sessions and the deliver_sm stored for absent receivers."""
         return {
             "binds": self.binds,
+            "bind_failures": self.bind_failures,
+            "unbinds": self.unbinds,
+            "enquire_links": self.enquire_links,
             "submits": self.submits,
             "throttled": self.throttled,
             "rejected": self.rejected,
             "failed": self.failed,
             "receipts_sent": self.receipts_sent,
             "mo_sent": self.mo_sent,
+            "redelivered": self.redelivered,
+            "max_pending_responses": self.max_pending_responses,
             "sessions": len(self._sessions),
             "stored": sum(len(q) for q in self._stored.values()),
         }
@@ -589,6 +701,8 @@ class SmscSimulator:
 
         message_id = format(self._next_message_id, "x").encode("ascii")
         self._next_message_id += 1
+        if self.accepted is not None:
+            self.accepted.append(AcceptedSubmit(session.system_id or "", submit, message_id.decode(), time.monotonic()))
 
         wanted = submit.registered_delivery & 0x03
         if wanted == 1 or (wanted == 2 and failed) or (wanted == 3 and not failed):
@@ -647,6 +761,22 @@ class SmscSimulator:
             stored = self._stored[system_id] = collections.deque(maxlen=MAX_STORED_PER_SYSTEM_ID)
         stored.append(deliverable)
 
+    def _redeliver(self, system_id: str, deliverable: _Deliverable) -> None:
+        self._deliver(system_id, deliverable)
+        self._flush_receivers(system_id)
+
+    async def _close_idle_sessions(self) -> None:
+        """Close sessions that sent nothing (not even enquire_link) for idle_timeout, as SMSCs do."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.idle_timeout / 4)
+            now = loop.time()
+            for session in list(self._sessions):
+                if session.transport is not None and now - session.last_received > self.idle_timeout:
+                    logger.info("SMPP session %s idle for %.1f s: closing", session.system_id, self.idle_timeout)
+                    self.idle_closed += 1
+                    session.transport.abort()
+
     def _flush_receivers(self, system_id: str) -> None:
         for session in self._receivers.get(system_id, ()):
             session.flush()
@@ -669,7 +799,8 @@ class SmscSimulator:
             touched: set[str] = set()
             while receipts and receipts[0].due <= now:
                 receipt = receipts.popleft()
-                self._deliver(receipt.system_id, _Deliverable(_receipt_body(receipt, done_at), is_receipt=True))
+                body = _receipt_body(receipt, done_at, with_tlvs=self.receipt_tlvs)
+                self._deliver(receipt.system_id, _Deliverable(body, is_receipt=True))
                 touched.add(receipt.system_id)
             for system_id in touched:
                 self._flush_receivers(system_id)
@@ -677,8 +808,9 @@ class SmscSimulator:
             await asyncio.sleep(0)
 
 
-def _receipt_body(receipt: _Receipt, done_at: float) -> bytes:
-    """The deliver_sm body of one delivery receipt: Appendix B text plus the 3.4 receipt TLVs."""
+def _receipt_body(receipt: _Receipt, done_at: float, *, with_tlvs: bool = True) -> bytes:
+    """The deliver_sm body of one delivery receipt: Appendix B text plus (unless not ``with_tlvs``, as older
+    SMSCs do) the 3.4 receipt TLVs."""
     submit = receipt.submit
     if receipt.failed:
         stat, err, dlvrd, state = "UNDELIV", GSM_ERROR_UNKNOWN_SUBSCRIBER, "000", MESSAGE_STATE_UNDELIVERABLE
@@ -693,6 +825,8 @@ def _receipt_body(receipt: _Receipt, done_at: float) -> bytes:
     tlv_octets = tlv(TAG_RECEIPTED_MESSAGE_ID, receipt.message_id + b"\x00") + tlv(TAG_MESSAGE_STATE, bytes((state,)))
     if receipt.failed:
         tlv_octets += tlv(TAG_NETWORK_ERROR_CODE, struct.pack(">BH", NETWORK_TYPE_GSM, err))
+    if not with_tlvs:
+        tlv_octets = b""
     # A receipt travels back: from the handset (the original destination) to the sender.
     return deliver_sm_body(
         source=(submit.dest_addr_ton, submit.dest_addr_npi, submit.destination_addr),
@@ -794,16 +928,15 @@ def _parse_account(value: str) -> tuple[str, str]:
     return system_id, password
 
 
-def build_argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m sms.smpp_server",
-        description="SMPP 3.4 SMSC simulator listening on 127.0.0.1: accepts submit_sm, returns delivery receipts.",
-    )
-    parser.add_argument("--port", type=int, default=2775, help="TCP port (default 2775, the SMPP port)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The simulator's options, on any argparse parser (this module's own, or the management command's)."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: loopback only)")
+    parser.add_argument("--port", type=int, default=2775, help="TCP port (default 2775, the SMPP port; 0 picks one)")
     parser.add_argument("--receipt-delay", type=float, default=0.5, help="seconds before a receipt is sent")
     parser.add_argument("--failure-ratio", type=float, default=0.0, help="share of messages ending UNDELIV")
     parser.add_argument("--throttle-ratio", type=float, default=0.0, help="share of submit_sm answered ESME_RTHROTTLED")
     parser.add_argument("--reject-ratio", type=float, default=0.0, help="share of submit_sm answered ESME_RSUBMITFAIL")
+    parser.add_argument("--response-delay", type=float, default=0.0, help="seconds before each submit_sm_resp")
     parser.add_argument("--seed", type=int, default=None, help="make faults and message ids reproducible")
     parser.add_argument(
         "--account",
@@ -813,6 +946,14 @@ def build_argument_parser() -> argparse.ArgumentParser:
         help="accept only these logins (repeatable); without it any login binds",
     )
     parser.add_argument("--stats-interval", type=float, default=0.0, help="print counters every N seconds")
+
+
+def build_argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sms.smpp_server",
+        description="SMPP 3.4 SMSC simulator listening on 127.0.0.1: accepts submit_sm, returns delivery receipts.",
+    )
+    add_arguments(parser)
     return parser
 
 
@@ -833,30 +974,41 @@ async def serve(simulator: SmscSimulator, *, stats_interval: float = 0.0, stop: 
         print(simulator.stats(), flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line entry: run the simulator on 127.0.0.1 until Ctrl-C or SIGTERM."""
-    args = build_argument_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+def run(options: Mapping[str, Any]) -> None:
+    """Run a simulator built from parsed options (argparse dest names) until SIGINT or SIGTERM."""
 
-    async def run() -> None:
+    async def run_until_signalled() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         # Handled explicitly: a shell starts background jobs with SIGINT ignored, and supervisors send SIGTERM.
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        accounts = options.get("account")
         simulator = SmscSimulator(
-            "127.0.0.1",
-            args.port,
-            receipt_delay=args.receipt_delay,
-            failure_ratio=args.failure_ratio,
-            throttle_ratio=args.throttle_ratio,
-            reject_ratio=args.reject_ratio,
-            system_ids=dict(args.account) if args.account else None,
-            seed=args.seed,
+            options.get("host") or "127.0.0.1",
+            options["port"],
+            receipt_delay=options["receipt_delay"],
+            failure_ratio=options["failure_ratio"],
+            throttle_ratio=options["throttle_ratio"],
+            reject_ratio=options["reject_ratio"],
+            response_delay=options.get("response_delay") or 0.0,
+            system_ids=dict(accounts) if accounts else None,
+            seed=options.get("seed"),
         )
-        await serve(simulator, stats_interval=args.stats_interval, stop=stop)
+        await serve(simulator, stats_interval=options.get("stats_interval") or 0.0, stop=stop)
 
-    asyncio.run(run())
+    asyncio.run(run_until_signalled())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry: run the simulator (on 127.0.0.1 unless --host says otherwise) until Ctrl-C or SIGTERM."""
+    args = build_argument_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        run(vars(args))
+    except ValueError as exc:  # a ratio or delay out of range
+        print(f"smsc simulator: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

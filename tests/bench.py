@@ -34,6 +34,7 @@ import redis
 BENCHES = [
     "tests.bench_foundation",
     "billing.bench_rating",
+    "sms.bench_gateway",
 ]
 BENCH_DATABASE = "bench_opencarrier"
 BENCH_REDIS_DB = 15

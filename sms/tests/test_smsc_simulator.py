@@ -497,3 +497,102 @@ def test_command_line_accounts():
     assert (args.port, args.account, args.failure_ratio) == (2776, [("esme", "secret")], 0.1)
     with pytest.raises(SystemExit):
         build_argument_parser().parse_args(["--account", "no-password-separator"])
+
+
+def test_command_line_listens_on_loopback_unless_told():
+    assert build_argument_parser().parse_args([]).host == "127.0.0.1"
+    assert build_argument_parser().parse_args(["--host", "0.0.0.0"]).host == "0.0.0.0"
+
+
+# --- behaviour for ESME tests: late answers, idle sessions, muted links, receipts without TLVs ---
+
+
+def test_response_delay_holds_answers_and_counts_them_outstanding(start_smsc, esme_factory):
+    smsc = start_smsc(response_delay=0.2)
+    esme = esme_factory(smsc.port)
+    esme.bind()
+
+    began = time.monotonic()
+    for _ in range(3):
+        esme.submit(registered_delivery=0)
+    esme.read_until(lambda: len(esme.submit_resps) == 3, "three late answers")
+
+    assert time.monotonic() - began >= 0.2
+    assert smsc.simulator.max_pending_responses == 3
+
+
+def test_idle_sessions_are_closed_but_enquire_link_keeps_them(start_smsc, esme_factory):
+    smsc = start_smsc(idle_timeout=0.3)
+    idle = esme_factory(smsc.port)
+    idle.bind()
+    busy = esme_factory(smsc.port)
+    busy.bind()
+
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        busy.client.send_pdu(smpplib.smpp.make_pdu("enquire_link", client=busy.client))
+        time.sleep(0.05)
+        busy.client.poll()
+
+    with pytest.raises(smpplib.exceptions.ConnectionError):
+        idle.read_until(lambda: False, "the disconnect")
+    assert smsc.simulator.idle_closed == 1
+    assert smsc.simulator.enquire_links >= 10
+
+
+def test_muted_sessions_answer_nothing_and_new_ones_answer(smsc, esme, esme_factory):
+    assert smsc.run(smsc.simulator.mute_all) == 1
+
+    esme.client.send_pdu(smpplib.smpp.make_pdu("enquire_link", client=esme.client))
+    time.sleep(0.3)
+    esme.client.poll()
+    fresh = esme_factory(smsc.port)
+
+    assert smsc.simulator.enquire_links == 0
+    assert fresh.bind().status == 0
+
+
+def test_receipts_without_tlvs_carry_the_id_in_the_text_only(start_smsc, esme_factory):
+    smsc = start_smsc(receipt_tlvs=False)
+    esme = esme_factory(smsc.port)
+    esme.bind()
+
+    esme.submit()
+    esme.read_until(lambda: esme.submit_resps and esme.delivered, "the receipt")
+
+    (deliver_sm,) = esme.delivered
+    assert deliver_sm.receipted_message_id is None and deliver_sm.message_state is None
+    receipt = parse_receipt(short_message=deliver_sm.short_message, tlvs={})
+    assert receipt.message_id == esme.submit_resps[0].message_id.decode()
+
+
+def test_a_receipt_refused_as_temporary_is_delivered_again(start_smsc):
+    smsc = start_smsc(redeliver_delay=0.05)
+    peer = RawEsme(smsc.port)
+    peer.send(0x00000009, bind_body())
+    peer.read()
+    peer.send(0x00000004, minimal_submit_sm())
+    peer.read()  # submit_sm_resp
+    command_id, _, sequence, body = peer.read()
+    assert command_id == 0x00000005
+
+    peer.sock.sendall(struct.pack(">IIII", 17, 0x80000005, 0x64, sequence) + b"\x00")  # ESME_RX_T_APPN
+    again = peer.read()
+    peer.sock.sendall(struct.pack(">IIII", 17, 0x80000005, 0, again[2]) + b"\x00")
+
+    assert (again[0], again[3]) == (0x00000005, body)
+    assert smsc.simulator.redelivered == 1
+    peer.sock.close()
+
+
+def test_accepted_submits_are_recorded_when_asked(start_smsc, esme_factory):
+    smsc = start_smsc(record_submits=True)
+    esme = esme_factory(smsc.port)
+    esme.bind()
+
+    esme.submit(b"recorded")
+    esme.read_until(lambda: esme.submit_resps, "the answer")
+
+    (accepted,) = smsc.simulator.accepted
+    assert (accepted.system_id, accepted.submit.short_message) == ("esme", b"recorded")
+    assert accepted.message_id == esme.submit_resps[0].message_id.decode()
