@@ -14,6 +14,7 @@ from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connection
 from django.test import Client
+from django.test.utils import setup_databases, teardown_databases
 from django_tenants.utils import schema_context
 
 from core.demo import demo_load
@@ -43,7 +44,13 @@ def _session_for(email: str) -> str:
 
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker, tmp_path_factory):
+    own_databases = None
     with django_db_blocker.unblock():
+        if not connection.settings_dict["NAME"].startswith("test_"):
+            # pytest-django makes the test database only when a collected test is marked django_db; a run of
+            # unmarked tests that commit through django_db_blocker (the multi-process ones) must not write the
+            # session's operators into the developer's database.
+            own_databases = setup_databases(verbosity=0, interactive=False, aliases={"default"})
         cache.clear()  # throttle counters of an earlier run must not leak into this one
         call_command("prepare_platform", verbosity=0)
         logins = demo_load(logins_file=tmp_path_factory.mktemp("demo") / "logins.json")
@@ -74,6 +81,9 @@ def django_db_setup(django_db_setup, django_db_blocker, tmp_path_factory):
         connection.set_schema_to_public()
     pytest.world = world
     yield
+    if own_databases is not None:
+        with django_db_blocker.unblock():
+            teardown_databases(own_databases, verbosity=0)
 
 
 @pytest.fixture

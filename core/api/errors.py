@@ -1,5 +1,7 @@
 """One error shape for every 4xx/5xx: {"error": {"code", "message", "fields"}}."""
 
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -32,6 +34,11 @@ def _code(exc) -> str:
 
 
 def exception_handler(exc, context):
+    # DRF answers Django's own 404/403 too; name them by its codes rather than a bare "error".
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(*exc.args)
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied(*exc.args)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None  # unhandled: Django's handler500 answers in the same shape
