@@ -8,9 +8,12 @@ Money is ``Decimal``, never float. CDR times are returned in UTC.
 
 * :func:`parse_rate_deck_csv` / :func:`write_rate_deck_csv`: the rate deck exchange format.
 * :func:`parse_asterisk_master_csv`: Asterisk ``cdr_csv`` ``Master.csv``, streaming.
-* :func:`read_asterisk_master_columns`: the same file into column arrays, fast, for bulk import.
+* :func:`read_asterisk_master_columns` / :func:`iter_asterisk_master_columns`: the same file into
+  column arrays, fast, for bulk import (whole, or batch by batch).
+* :func:`asterisk_trunk`: the supplier trunk a call left by, from Asterisk's ``dstchannel``.
 * :func:`parse_freephone_cdrs`: the 8-800 platform's combined record, with an editable column profile.
 * :func:`parse_mapped_cdr_csv`: any CSV with a header, through a saved {field: header} mapping.
+* :func:`parse_positional_cdrs`: any CSV through a saved {field: column index} profile.
 """
 
 from __future__ import annotations
@@ -297,6 +300,9 @@ class ParsedCdr:
     ``source_id`` identifies the record at its source (Asterisk uniqueid, platform record id,
     or a hash of the line) and is the idempotency key when the same file is imported twice.
     ``reported_cost`` is what the switch itself computed, kept for reconciliation only.
+    ``trunk`` names the supplier trunk the call left by (its cost tariff prices it; empty: the
+    default cost tariff). ``units`` counts SMS parts or USSD events (``service`` sms/ussd).
+    ``correlation_id`` ties the legs of one call (empty: none).
     """
 
     line: int
@@ -312,6 +318,10 @@ class ParsedCdr:
     service_code: str | None = None
     reported_cost: Decimal | None = None
     leg: str | None = None
+    trunk: str = ""
+    service: str = "voice"
+    units: int = 0
+    correlation_id: str = ""
 
 
 def _line_hash(row: Sequence[str]) -> str:
@@ -407,11 +417,25 @@ _UNIQUEID = 16  # where uniqueid sits when the layout has one
 
 def _asterisk_picker(count: int) -> Callable[[list[str]], tuple[str, ...]]:
     """The fields rating needs, from a record of ``count`` fields, as one C-level itemgetter call:
-    (accountcode, src, dst, start, duration, billsec, disposition, uniqueid or "")."""
+    (accountcode, src, dst, start, duration, billsec, disposition, uniqueid or "", dstchannel)."""
     if "uniqueid" in ASTERISK_LAYOUTS[count]:
-        return operator.itemgetter(0, 1, 2, 9, 12, 13, 14, _UNIQUEID)
+        return operator.itemgetter(0, 1, 2, 9, 12, 13, 14, _UNIQUEID, 6)
     base = operator.itemgetter(0, 1, 2, 9, 12, 13, 14)
-    return lambda row: (*base(row), "")
+    return lambda row: (*base(row), "", row[6])
+
+
+def asterisk_trunk(dstchannel: str) -> str:
+    """The supplier trunk a call left by, from Asterisk's ``dstchannel``; empty when it left by none.
+
+    ``SIP/carrier1-00000a1b`` and ``PJSIP/carrier1-000001`` name the peer ``carrier1`` (the part
+    after the technology, before the channel's unique suffix; a peer may itself contain dashes).
+    ``Local/…`` channels (dialplan loops, queues) and an empty dstchannel name no trunk.
+    """
+    technology, slash, rest = dstchannel.strip().partition("/")
+    if not slash or technology.lower() == "local":
+        return ""
+    name, dash, _suffix = rest.rpartition("-")
+    return (name if dash else rest)[:80]
 
 
 _ASTERISK_PICKERS = {count: _asterisk_picker(count) for count in ASTERISK_LAYOUTS}
@@ -424,7 +448,7 @@ def _asterisk_pick(row: list[str]) -> tuple[str, ...] | None:
         return None
     fields = picker(row)
     if not fields[7]:
-        fields = (*fields[:7], _line_hash(row))  # no uniqueid logged: the line itself identifies the CDR
+        fields = (*fields[:7], _line_hash(row), fields[8])  # no uniqueid logged: the line itself identifies the CDR
     return fields
 
 
@@ -434,7 +458,7 @@ def _wrong_shape(row: list[str], line: int) -> LineError:
 
 def _asterisk_fields_record(fields: tuple[str, ...], line: int, zone: tzinfo) -> ParsedCdr | LineError:
     """A ParsedCdr from picked Master.csv fields, or a LineError naming every bad one."""
-    account, src, dst, start_text, duration_text, billsec_text, disposition, source_id = fields
+    account, src, dst, start_text, duration_text, billsec_text, disposition, source_id, dstchannel = fields
     problems: list[tuple[str | None, str]] = []
     callee = dst.strip()
     if not callee:
@@ -460,6 +484,7 @@ def _asterisk_fields_record(fields: tuple[str, ...], line: int, zone: tzinfo) ->
         billsec=billsec,  # type: ignore[arg-type]
         account=account,
         disposition=disposition,
+        trunk=asterisk_trunk(dstchannel),
     )
 
 
@@ -499,6 +524,7 @@ class CdrColumns:
     duration: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     billsec: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     disposition: list[str] = field(default_factory=list)
+    trunk: list[str] = field(default_factory=list)
     errors: list[LineError] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -509,13 +535,25 @@ def read_asterisk_master_columns(source: Source, *, tz: str | tzinfo = "UTC", ch
     """Read a whole Master.csv into :class:`CdrColumns`, fast (the bulk import path).
 
     Same rules and same results as :func:`parse_asterisk_master_csv` (the tests check it).
-    Speed comes from keeping only the eight fields rating needs as each record is read (one
+    Speed comes from keeping only the nine fields rating needs as each record is read (one
     C-level itemgetter call; the rest is freed while still in cache) and validating times
     and durations with numpy on chunks of ``chunk_rows`` records: about 4 s per million
     270-byte lines on this machine, of which 2 s is the csv module itself.
     """
+    batches = list(iter_asterisk_master_columns(source, tz=tz, batch_rows=None, chunk_rows=chunk_rows))
+    return batches[0] if len(batches) == 1 else _concat(batches)
+
+
+def iter_asterisk_master_columns(
+    source: Source, *, tz: str | tzinfo = "UTC", batch_rows: int | None = 100_000, chunk_rows: int = 4096
+) -> Iterator[CdrColumns]:
+    """Read a Master.csv batch by batch: each :class:`CdrColumns` holds at least ``batch_rows`` good
+    records (the last one fewer) with the errors met while reading them, so an importer can rate and
+    write one batch while the next is read. ``batch_rows=None``: one batch for the whole file.
+    Line numbers are the file's. The garbage collector is paused while the generator runs.
+    """
     with _gc_paused():
-        return _read_asterisk_master_columns(source, _zone(tz), chunk_rows)
+        yield from _read_asterisk_master_columns(source, _zone(tz), chunk_rows, batch_rows)
 
 
 @contextlib.contextmanager
@@ -534,7 +572,9 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _read_asterisk_master_columns(source: Source, zone: tzinfo, chunk_rows: int) -> CdrColumns:
+def _read_asterisk_master_columns(
+    source: Source, zone: tzinfo, chunk_rows: int, batch_rows: int | None
+) -> Iterator[CdrColumns]:
     reader = csv.reader(_text_lines(source))
     pickers = _ASTERISK_PICKERS
     parts: list[CdrColumns] = []
@@ -542,6 +582,7 @@ def _read_asterisk_master_columns(source: Source, zone: tzinfo, chunk_rows: int)
     picked: list[tuple[str, ...]] = []
     lines: list[int] = []
     line_num = 0
+    in_batch = 0
     while True:
         # The hot loop: no generator, no per-record function call beyond the csv module and the picker.
         try:
@@ -555,38 +596,57 @@ def _read_asterisk_master_columns(source: Source, zone: tzinfo, chunk_rows: int)
                     continue
                 fields = picker(row)
                 if not fields[7]:
-                    fields = (*fields[:7], _line_hash(row))
+                    fields = (*fields[:7], _line_hash(row), fields[8])
                 picked.append(fields)
                 lines.append(start_line)
                 if len(picked) >= chunk_rows:
                     parts.append(_asterisk_chunk(picked, lines, zone))
+                    in_batch += len(picked)
                     picked, lines = [], []
+                    if batch_rows is not None and in_batch >= batch_rows:
+                        yield _batch(parts, errors)
+                        parts, errors, in_batch = [], [], 0
             break
         except csv.Error as error:
             errors.append(LineError(line_num + 1, None, f"malformed CSV: {error}"))
             line_num = reader.line_num
     if picked:
         parts.append(_asterisk_chunk(picked, lines, zone))
-    result = CdrColumns(errors=errors)
-    if parts:
-        result.line = np.concatenate([p.line for p in parts])
-        result.start = np.concatenate([p.start for p in parts])
-        result.duration = np.concatenate([p.duration for p in parts])
-        result.billsec = np.concatenate([p.billsec for p in parts])
-        for part in parts:
-            result.source_id += part.source_id
-            result.caller += part.caller
-            result.callee += part.callee
-            result.account += part.account
-            result.disposition += part.disposition
-            result.errors += part.errors
+    if parts or errors or batch_rows is None:
+        yield _batch(parts, errors)
+
+
+def _batch(parts: list[CdrColumns], errors: list[LineError]) -> CdrColumns:
+    result = _concat(parts) if parts else CdrColumns()
+    result.errors = sorted(errors + result.errors, key=lambda e: e.line)
+    return result
+
+
+def _concat(parts: list[CdrColumns]) -> CdrColumns:
+    """One CdrColumns of the rows of several, in order (errors too)."""
+    if len(parts) == 1:
+        return parts[0]
+    result = CdrColumns(
+        line=np.concatenate([p.line for p in parts]),
+        start=np.concatenate([p.start for p in parts]),
+        duration=np.concatenate([p.duration for p in parts]),
+        billsec=np.concatenate([p.billsec for p in parts]),
+    )
+    for part in parts:
+        result.source_id += part.source_id
+        result.caller += part.caller
+        result.callee += part.callee
+        result.account += part.account
+        result.disposition += part.disposition
+        result.trunk += part.trunk
+        result.errors += part.errors
     result.errors.sort(key=lambda e: e.line)
     return result
 
 
 def _asterisk_chunk(picked: list[tuple[str, ...]], lines: list[int], zone: tzinfo) -> CdrColumns:
     """Vectorised twin of :func:`_asterisk_fields_record` for a chunk of picked records (same results)."""
-    account, src, dst, start, duration, billsec, disposition, source_id = zip(*picked, strict=True)
+    account, src, dst, start, duration, billsec, disposition, source_id, dstchannel = zip(*picked, strict=True)
     callee = list(map(str.strip, dst))
     count = len(picked)
     start_epoch, bad = _iso_seconds_to_epoch(start, zone)
@@ -614,6 +674,7 @@ def _asterisk_chunk(picked: list[tuple[str, ...]], lines: list[int], zone: tzinf
         duration=duration_s,
         billsec=billsec_s,
         disposition=list(disposition),
+        trunk=list(map(asterisk_trunk, dstchannel)),
         errors=errors,
     )
     return _select(columns, np.flatnonzero(~bad)) if errors else columns
@@ -632,6 +693,7 @@ def _select(columns: CdrColumns, keep: np.ndarray) -> CdrColumns:
         duration=columns.duration[keep],
         billsec=columns.billsec[keep],
         disposition=[columns.disposition[i] for i in pick],
+        trunk=[columns.trunk[i] for i in pick],
         errors=columns.errors,
     )
 
@@ -742,11 +804,14 @@ _FREEPHONE_REQUIRED = ("source_id", "caller", "callee", "start", "duration")
 _FREEPHONE_OPTIONAL = ("billsec", "account", "disposition", "forwarded_to", "service_code", "reported_cost")
 
 
-def _check_profile(profile: Mapping[str, int]) -> None:
-    unknown = set(profile) - set(_FREEPHONE_REQUIRED) - set(_FREEPHONE_OPTIONAL)
+def _check_profile(
+    profile: Mapping[str, int], required: Sequence[str] = _FREEPHONE_REQUIRED, allowed: Sequence[str] = ()
+) -> None:
+    allowed = set(allowed) or set(_FREEPHONE_REQUIRED) | set(_FREEPHONE_OPTIONAL)
+    unknown = set(profile) - allowed
     if unknown:
         raise ValueError(f"unknown fields in the column profile: {', '.join(sorted(unknown))}")
-    missing = [name for name in _FREEPHONE_REQUIRED if name not in profile]
+    missing = [name for name in required if name not in profile]
     if missing:
         raise ValueError(f"the column profile must give a column for: {', '.join(missing)}")
     for name, index in profile.items():
@@ -759,8 +824,9 @@ def parse_freephone_cdrs(
     profile: Mapping[str, int] | None = None,
     *,
     tz: str | tzinfo = "UTC",
-    time_format: str = _COMPACT_FORMAT,
+    time_format: str | None = _COMPACT_FORMAT,
     delimiter: str = ",",
+    skip_header: bool = False,
 ) -> Iterator[ParsedCdr | LineError]:
     """Stream the freephone (8-800) platform's combined CDRs: both legs of a call in one record.
 
@@ -773,23 +839,60 @@ def parse_freephone_cdrs(
     """
     profile = dict(FREEPHONE_DEFAULT_PROFILE if profile is None else profile)
     _check_profile(profile)
-    zone = _zone(tz)
+    return _positional_records(
+        source, profile, zone=_zone(tz), time_format=time_format, delimiter=delimiter, skip_header=skip_header,
+        leg="combined",
+    )  # fmt: skip
+
+
+def parse_positional_cdrs(
+    source: Source,
+    profile: Mapping[str, int],
+    *,
+    tz: str | tzinfo = "UTC",
+    time_format: str | None = None,
+    delimiter: str = ",",
+    skip_header: bool = False,
+) -> Iterator[ParsedCdr | LineError]:
+    """Stream CDRs from any CSV through a saved profile {field: 0-based column index} (negative: from the end).
+
+    Fields are those of :data:`CDR_FIELDS`; caller, callee, start and one of duration/billsec are
+    required. ``time_format`` as in :func:`parse_mapped_cdr_csv`. ``skip_header`` skips line 1.
+    Raises ValueError at once for a bad profile.
+    """
+    required = ("caller", "callee", "start")
+    _check_profile(profile, required, CDR_FIELDS)
+    if not ({"duration", "billsec"} & set(profile)):
+        raise ValueError("the column profile must give a column for duration or billsec")
+    return _positional_records(
+        source, dict(profile), zone=_zone(tz), time_format=time_format, delimiter=delimiter, skip_header=skip_header
+    )
+
+
+def _positional_records(
+    source: Source,
+    profile: dict[str, int],
+    *,
+    zone: tzinfo,
+    time_format: str | None,
+    delimiter: str,
+    skip_header: bool,
+    leg: str | None = None,
+) -> Iterator[ParsedCdr | LineError]:
     needed = max(max(i + 1 if i >= 0 else -i for i in profile.values()), 1)
-
-    def records() -> Iterator[ParsedCdr | LineError]:
-        for line, row in _records(csv.reader(_text_lines(source), delimiter=delimiter)):
-            if isinstance(row, LineError):
-                yield row
-                continue
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) < needed:
-                yield LineError(line, None, f"expected at least {needed} fields, got {len(row)}")
-                continue
-            values = {name: row[index].strip() for name, index in profile.items()}
-            yield _cdr_from_values(values, row, line, zone, time_format, leg="combined")
-
-    return records()
+    for line, row in _records(csv.reader(_text_lines(source), delimiter=delimiter)):
+        if skip_header and line == 1:
+            continue
+        if isinstance(row, LineError):
+            yield row
+            continue
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) < needed:
+            yield LineError(line, None, f"expected at least {needed} fields, got {len(row)}")
+            continue
+        values = {name: row[index].strip() for name, index in profile.items()}
+        yield _cdr_from_values(values, row, line, zone, time_format, leg=leg)
 
 
 def _cdr_from_values(
@@ -829,6 +932,16 @@ def _cdr_from_values(
         leg = values["leg"].lower()
         if leg not in LEGS:
             problems.append(("leg", f"leg must be one of {', '.join(LEGS)}, got {values['leg']!r}"))
+    service = (values.get("service") or "voice").lower()
+    if service not in SERVICES:
+        problems.append(("service", f"service must be one of {', '.join(sorted(SERVICES))}, got {service!r}"))
+    units = 0
+    if values.get("units"):
+        parsed_units = _parse_seconds(values["units"], "units")
+        if isinstance(parsed_units, str):
+            problems.append(("units", f"units must be a whole number, got {values['units']!r}"))
+        else:
+            units = parsed_units
     if problems:
         return _error(line, problems)
     duration = seconds.get("duration", seconds.get("billsec", 0))
@@ -847,6 +960,10 @@ def _cdr_from_values(
         service_code=values.get("service_code") or None,
         reported_cost=reported_cost,
         leg=leg,
+        trunk=values.get("trunk", ""),
+        service=service,
+        units=units,
+        correlation_id=values.get("correlation_id", ""),
     )
 
 
@@ -867,6 +984,10 @@ CDR_FIELDS = (
     "service_code",
     "reported_cost",
     "leg",
+    "trunk",
+    "service",
+    "units",
+    "correlation_id",
 )
 
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal, localcontext
@@ -172,6 +172,38 @@ class Rate:
     def increment(self) -> str:
         """The billing increment as written in rate decks, e.g. ``"60/60"``."""
         return f"{self.first_increment}/{self.next_increment}"
+
+    @classmethod
+    def stored(
+        cls,
+        prefix: str,
+        destination: str,
+        rate: Decimal,
+        connect_fee: Decimal,
+        first_increment: int,
+        next_increment: int,
+        min_charge: Decimal,
+        effective_from: datetime | None,
+        time_band: str | None,
+        service: str,
+    ) -> Rate:
+        """A rate read back from storage that checked it when it was written (the database's constraints hold
+        every rule :meth:`__post_init__` checks): built without checking again, 5x faster, for loading big decks."""
+        made = object.__new__(cls)
+        for name, value in (
+            ("prefix", prefix),
+            ("destination", destination),
+            ("rate", rate),
+            ("connect_fee", connect_fee),
+            ("first_increment", first_increment),
+            ("next_increment", next_increment),
+            ("min_charge", min_charge),
+            ("effective_from", None if effective_from is None else effective_from.astimezone(UTC)),
+            ("time_band", time_band or None),
+            ("service", service),
+        ):
+            object.__setattr__(made, name, value)
+        return made
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -336,24 +368,33 @@ class RateDeck:
             series.setdefault((rate.service, rate.prefix, rate.time_band), []).append((start, index))
         # service -> prefix -> entry; and service -> prefix lengths present, longest first
         self._entries: dict[str, dict[str, _PrefixEntry]] = {}
+        by_service = self._entries
         for (service, prefix, band), versions in series.items():
-            versions.sort()
-            for (start_a, index_a), (start_b, _) in itertools.pairwise(versions):
-                if start_a == start_b:
-                    rate = self.rates[index_a]
-                    raise ValueError(
-                        f"two {service} rates for prefix {prefix}, band {band or '-'}, "
-                        f"effective from {rate.effective_from or 'immediately'}"
-                    )
-            built = _Series([s for s, _ in versions], [i for _, i in versions])
-            entry = self._entries.setdefault(service, {}).setdefault(prefix, _PrefixEntry())
+            if len(versions) == 1:  # most prefixes have one version: no sorting, no pairs to compare
+                (start, index), *_ = versions
+                built = _Series([start], [index])
+            else:
+                versions.sort()
+                for (start_a, index_a), (start_b, _) in itertools.pairwise(versions):
+                    if start_a == start_b:
+                        rate = self.rates[index_a]
+                        raise ValueError(
+                            f"two {service} rates for prefix {prefix}, band {band or '-'}, "
+                            f"effective from {rate.effective_from or 'immediately'}"
+                        )
+                built = _Series([s for s, _ in versions], [i for _, i in versions])
+            entries = by_service.get(service)
+            if entries is None:
+                entries = by_service[service] = {}
+            entry = entries.get(prefix)
+            if entry is None:
+                entry = entries[prefix] = _PrefixEntry()
             if band is None:
                 entry.unbanded = built
             else:
                 entry.banded.append((self.bands[band_order[band]], built))
-        for entries in self._entries.values():
-            for entry in entries.values():
-                entry.banded.sort(key=lambda pair: band_order[pair[0].name])
+                if len(entry.banded) > 1:
+                    entry.banded.sort(key=lambda pair: band_order[pair[0].name])
         self._lengths = {
             service: sorted({len(p) for p in entries}, reverse=True) for service, entries in self._entries.items()
         }
@@ -556,6 +597,212 @@ def price_tier_parts(parts: Iterable[tuple[int, Decimal | None]]) -> Decimal:
         return total.quantize(MICRO, rounding=ROUND_HALF_UP)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PackagedQuote:
+    """The price of one call to a destination a minute package covers.
+
+    ``parts`` are the :func:`split_by_tiers` parts of the billed seconds (rate None: beyond the
+    package, priced from the deck); ``package_seconds`` is what the package priced (included or
+    tier minutes) and what its counter advances by.
+    """
+
+    billed_seconds: int
+    package_seconds: int
+    parts: tuple[tuple[int, Decimal | None], ...]
+    connect_fee: Decimal
+    amount: Decimal
+
+
+def price_with_package(rate: Rate, billsec: int, used_seconds_before: int, package: MinutePackage) -> PackagedQuote:
+    """Price a call under a minute package, given what the period's counter held before it.
+
+    The rules (a billing team's usual reading; ``billing/tests/test_engine_packages.py`` pins them):
+
+    * **Increments first.** The deck rate that applies to the call decides its billed seconds
+      (``first/next``) exactly as without a package; the package then prices those billed seconds.
+    * **Parts.** The billed seconds are split at the package's bounds (:func:`split_by_tiers` over
+      the included minutes then the tiers): included seconds cost 0, tier seconds their tier rate,
+      seconds beyond a bounded last tier the deck rate. Package parts are summed and rounded once
+      (:func:`price_tier_parts`), the deck part on its own (:func:`usage_charge`), both half-up.
+    * **Connect fee** still applies to every answered call (the package sells minutes, not set-ups).
+    * **Minimum charge** applies only to a call the package does not touch at all (counter already
+      past a bounded last tier): minutes the customer already paid for are never lifted to a minimum.
+    * An unanswered call costs nothing and does not move the counter.
+    """
+    billed = billed_seconds(billsec, rate.first_increment, rate.next_increment)
+    zero = Decimal(0).quantize(MICRO)
+    if billed == 0:
+        return PackagedQuote(billed_seconds=0, package_seconds=0, parts=(), connect_fee=zero, amount=zero)
+    parts = tuple(split_by_tiers(used_seconds_before, billed, package.all_tiers()))
+    covered = sum(seconds for seconds, part_rate in parts if part_rate is not None)
+    uncovered = billed - covered
+    if covered == 0:
+        _, connect_fee, amount = price_voice(rate, billsec)
+        return PackagedQuote(
+            billed_seconds=billed, package_seconds=0, parts=parts, connect_fee=connect_fee, amount=amount
+        )
+    amount = rate.connect_fee + price_tier_parts(parts) + usage_charge(rate.rate, uncovered)
+    return PackagedQuote(
+        billed_seconds=billed,
+        package_seconds=covered,
+        parts=parts,
+        connect_fee=rate.connect_fee,
+        amount=amount.quantize(MICRO),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Freephone (8-800) calls on a tariff-class grid
+# ---------------------------------------------------------------------------------------------
+
+
+class Unpriced(ValueError):
+    """A call the grid cannot price; the message is the reason an operator reads (kept on the CDR)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GridClass:
+    """One origination or termination class of a grid: a name and the number prefixes it covers.
+
+    A number falls in the class with the longest matching prefix; the empty prefix ``""`` covers
+    every number (a catch-all such as "other networks"). ``leg_rate`` (origination classes) is
+    what the origination leg alone costs per minute.
+    """
+
+    name: str
+    prefixes: frozenset[str]
+    leg_rate: Decimal = Decimal(0)
+
+    def __post_init__(self) -> None:
+        prefixes = frozenset(p.removeprefix("+").strip() for p in self.prefixes)
+        for prefix in prefixes:
+            if prefix and not (prefix.isascii() and prefix.isdigit()):
+                raise ValueError(f"class {self.name}: prefix must be digits, got {prefix!r}")
+        object.__setattr__(self, "prefixes", prefixes)
+        object.__setattr__(self, "leg_rate", _money(self.leg_rate, f"leg rate of {self.name}"))
+
+
+def _classify(number: str, classes: Sequence[GridClass]) -> tuple[GridClass, str] | None:
+    digits = _digits(number)
+    if digits is None:
+        return None
+    best: tuple[GridClass, str] | None = None
+    for grid_class in classes:
+        for prefix in grid_class.prefixes:
+            if digits.startswith(prefix) and (best is None or len(prefix) > len(best[1])):
+                best = (grid_class, prefix)
+    return best
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GridQuote:
+    """Both legs of one freephone call priced on a grid.
+
+    ``termination_class`` is None when the call ended on the operator's own IVR (no forwarded-to
+    number): then ``cell_rate`` is None and the termination leg costs 0. ``total`` is always
+    ``origination_amount + termination_amount``.
+    """
+
+    origination_class: str
+    origination_prefix: str
+    termination_class: str | None
+    termination_prefix: str
+    leg_rate: Decimal
+    cell_rate: Decimal | None
+    billed_seconds: int
+    origination_amount: Decimal
+    termination_amount: Decimal
+
+    @property
+    def total(self) -> Decimal:
+        return self.origination_amount + self.termination_amount
+
+
+class ClassGrid:
+    """A tariff's class grid: origination classes × termination classes, a total per-minute price per cell.
+
+    Pricing one freephone call (reverse charging: the freephone number's owner pays):
+
+    * the caller falls in the origination class with the longest matching prefix, the
+      forwarded-to number in the termination class with the longest matching prefix;
+    * billed seconds follow the grid's ``first/next`` increment (an unanswered call bills 0 s);
+    * origination leg = billed minutes × the origination class's ``leg_rate``; termination leg =
+      billed minutes × (cell − ``leg_rate``); each leg is rounded half-up to the micro unit and the
+      total is their sum, so the legs always add up to the total (the cell rate times the minutes,
+      to within one micro unit per leg);
+    * no forwarded-to number means the call ended on the operator's own IVR: it still costs the
+      origination leg, and the termination leg is 0.
+
+    Raises :class:`Unpriced` with the reason when a number falls in no class or a cell is missing.
+    """
+
+    def __init__(
+        self,
+        *,
+        origination: Iterable[GridClass],
+        termination: Iterable[GridClass],
+        cells: Mapping[tuple[str, str], Decimal],
+        first_increment: int = 60,
+        next_increment: int = 60,
+    ) -> None:
+        self.origination = tuple(origination)
+        self.termination = tuple(termination)
+        _check_increment(first_increment, next_increment)
+        self.first_increment, self.next_increment = first_increment, next_increment
+        by_name = {c.name: c for c in self.origination}
+        self.cells: dict[tuple[str, str], Decimal] = {}
+        for (origination_name, termination_name), rate in cells.items():
+            rate = _money(rate, f"cell {origination_name} → {termination_name}")
+            leg = by_name.get(origination_name)
+            if leg is not None and rate < leg.leg_rate:
+                raise ValueError(
+                    f"cell {origination_name} → {termination_name} ({rate}) is below the origination leg rate "
+                    f"({leg.leg_rate})"
+                )
+            self.cells[(origination_name, termination_name)] = rate
+
+    def price(self, *, caller: str, forwarded_to: str | None, billsec: int) -> GridQuote:
+        """Price both legs of one call (see the class docstring)."""
+        if billsec < 0:
+            raise ValueError("billsec must not be negative")
+        found = _classify(caller, self.origination)
+        if found is None:
+            raise Unpriced(f"no origination class for caller {caller or '(none)'}")
+        origination, origination_prefix = found
+        billed = billed_seconds(billsec, self.first_increment, self.next_increment)
+        origination_amount = usage_charge(origination.leg_rate, billed)
+        if not forwarded_to:
+            return GridQuote(
+                origination_class=origination.name,
+                origination_prefix=origination_prefix,
+                termination_class=None,
+                termination_prefix="",
+                leg_rate=origination.leg_rate,
+                cell_rate=None,
+                billed_seconds=billed,
+                origination_amount=origination_amount,
+                termination_amount=Decimal(0).quantize(MICRO),
+            )
+        found = _classify(forwarded_to, self.termination)
+        if found is None:
+            raise Unpriced(f"no termination class for forwarded-to number {forwarded_to}")
+        termination, termination_prefix = found
+        cell = self.cells.get((origination.name, termination.name))
+        if cell is None:
+            raise Unpriced(f"no grid cell for {origination.name} → {termination.name}")
+        return GridQuote(
+            origination_class=origination.name,
+            origination_prefix=origination_prefix,
+            termination_class=termination.name,
+            termination_prefix=termination_prefix,
+            leg_rate=origination.leg_rate,
+            cell_rate=cell,
+            billed_seconds=billed,
+            origination_amount=origination_amount,
+            termination_amount=usage_charge(cell - origination.leg_rate, billed),
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Vectorised bulk rating
 # ---------------------------------------------------------------------------------------------
@@ -705,13 +952,14 @@ class BulkRater:
         prefixes = sorted(entries)
         pid_of = {prefix: pid for pid, prefix in enumerate(prefixes)}
         lengths = np.array([len(p) for p in prefixes], dtype=np.int64)
-        parents = np.full(len(prefixes), -1, dtype=np.int64)
+        parents_list = [-1] * len(prefixes)
         for pid, prefix in enumerate(prefixes):
             for cut in range(len(prefix) - 1, 0, -1):
                 parent = pid_of.get(prefix[:cut])
                 if parent is not None:
-                    parents[pid] = parent
+                    parents_list[pid] = parent
                     break
+        parents = np.array(parents_list, dtype=np.int64)
         # Series ids: column 0 is the unbanded series, column 1 + k the deck's k-th band.
         band_column = {band.name: column + 1 for column, band in enumerate(self.deck.bands)}
         series_of = np.full((len(prefixes), self._band_count + 1), -1, dtype=np.int64)
@@ -721,9 +969,12 @@ class BulkRater:
         series_count: list[int] = []
         series_last_rank: list[int] = []
 
+        owners: list[int] = []  # per series: pid * (bands + 1) + column, set into series_of in one go
+        width = self._band_count + 1
+
         def add_series(pid: int, column: int, series: _Series) -> None:
             sid = len(series_start)
-            series_of[pid, column] = sid
+            owners.append(pid * width + column)
             series_start.append(len(keys))
             series_count.append(len(series.starts))
             for start, index in zip(series.starts, series.rates, strict=True):
@@ -738,6 +989,7 @@ class BulkRater:
                 add_series(pid, 0, entry.unbanded)
             for band, series in entry.banded:
                 add_series(pid, band_column[band.name], series)
+        series_of.reshape(-1)[np.array(owners, dtype=np.int64)] = np.arange(len(owners), dtype=np.int64)
         segment_starts, segment_owners = _prefix_segments(prefixes)
         block_digits = min(_BLOCK_DIGITS, int(lengths.max()))
         series_start_arr = np.array(series_start, dtype=np.int64)

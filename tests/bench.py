@@ -34,7 +34,10 @@ import redis
 BENCHES = [
     "tests.bench_foundation",
     "billing.bench_rating",
+    "billing.bench_ingest",
     "sms.bench_gateway",
+    "sms.bench_e2e",
+    "billing.bench_api",
 ]
 BENCH_DATABASE = "bench_opencarrier"
 BENCH_REDIS_DB = 15

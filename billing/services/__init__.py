@@ -3,21 +3,30 @@
 `ledger`: entries, bulk charges, top-ups, reservations, accounts; `rates`: rate-deck imports; `ingest`: CDRs.
 """
 
-from .ingest import cdrs_ingest, cdrs_rate_pending
+from .bulk_import import cdrs_import_bulk
+from .cdr_formats import CdrFeed, CdrFormatError, cdr_format_parse
+from .ingest import cdrs_ingest, cdrs_rate_pending, cdrs_rate_pending_schedule
 from .ledger import (
     BulkCharge,
     InsufficientCredit,
+    PreratedUsage,
     ReservationClosed,
+    Settlement,
     account_create,
     account_topup,
     ledger_charge_many,
     ledger_post,
     reservation_commit,
     reservation_hold,
+    reservation_hold_quick,
+    reservation_id_next,
     reservation_release,
+    reservation_settle_many,
     reservations_expire,
+    usage_charge_many,
 )
 from .rates import RatesImport, rates_import
+from .rerate import RerateInvalid, RerateStale, rerate_confirm, rerate_preview
 
 __all__ = [
     "BulkCharge",
@@ -28,6 +37,11 @@ __all__ = [
     "account_topup",
     "cdrs_ingest",
     "cdrs_rate_pending",
+    "cdrs_rate_pending_schedule",
+    "cdrs_import_bulk",
+    "CdrFeed",
+    "CdrFormatError",
+    "cdr_format_parse",
     "ledger_charge_many",
     "ledger_post",
     "rates_import",
@@ -35,4 +49,14 @@ __all__ = [
     "reservation_hold",
     "reservation_release",
     "reservations_expire",
+    "RerateInvalid",
+    "RerateStale",
+    "rerate_confirm",
+    "rerate_preview",
+    "PreratedUsage",
+    "Settlement",
+    "reservation_settle_many",
+    "usage_charge_many",
+    "reservation_hold_quick",
+    "reservation_id_next",
 ]

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
-from .ingest import cdrs_rate_pending
+from .ingest import cdrs_rate_pending_schedule
 
 
 @dataclass(frozen=True)
@@ -65,5 +65,5 @@ def rates_import(*, tariff, source, dry_run: bool = False) -> RatesImport:
         )
         Tariff.objects.filter(pk=tariff.pk).update(updated_at=timezone.now())
         tariff.refresh_from_db(fields=["updated_at"])
-        transaction.on_commit(lambda: cdrs_rate_pending())
+        cdrs_rate_pending_schedule()  # unrated CDRs waiting for these rates, in the background
     return RatesImport(rates=len(rates), errors=[], dry_run=False)

@@ -17,9 +17,12 @@ from billing.csvformats import (
     FREEPHONE_DEFAULT_PROFILE,
     LineError,
     ParsedCdr,
+    asterisk_trunk,
+    iter_asterisk_master_columns,
     parse_asterisk_master_csv,
     parse_freephone_cdrs,
     parse_mapped_cdr_csv,
+    parse_positional_cdrs,
     parse_rate_deck_csv,
     read_asterisk_master_columns,
     write_rate_deck_csv,
@@ -156,6 +159,7 @@ def test_an_asterisk_line_parses_into_a_cdr():
         billsec=180,
         account="acme",
         disposition="ANSWERED",
+        trunk="trunk",  # dstchannel SIP/trunk-00000002
     )
 
 
@@ -226,7 +230,14 @@ def test_the_fast_column_reader_agrees_with_the_streaming_parser(tz):
     assert columns.start.tolist() == [c.start.replace(tzinfo=None) for c in cdrs]
     assert columns.duration.tolist() == [c.duration for c in cdrs]
     assert columns.billsec.tolist() == [c.billsec for c in cdrs]
+    assert columns.trunk == [c.trunk for c in cdrs]
     assert len(columns.errors) == 6
+    # Read batch by batch, the file gives the same rows and errors, with the file's line numbers.
+    batches = list(iter_asterisk_master_columns(text, tz=tz, batch_rows=40, chunk_rows=7))
+    assert len(batches) > 2 and all(len(b) >= 40 for b in batches[:-1])
+    assert sum((b.source_id for b in batches), []) == columns.source_id
+    assert np.concatenate([b.line for b in batches]).tolist() == columns.line.tolist()
+    assert sum((b.errors for b in batches), []) == columns.errors
 
 
 def test_the_fast_column_reader_gives_numpy_columns():
@@ -318,3 +329,45 @@ def test_a_generic_csv_reports_bad_lines_and_reads_epoch_times():
 def test_a_mapping_without_the_essentials_is_refused():
     with pytest.raises(ValueError, match="caller, callee, start and duration or billsec"):
         parse_mapped_cdr_csv("", {"caller": "From", "callee": "To", "start": "Started"})
+
+
+def test_a_generic_csv_names_the_trunk_service_units_and_correlation_of_a_cdr():
+    mapping = {**MAPPING, "trunk": "Route", "service": "Kind", "units": "Parts", "correlation_id": "Call"}
+    text = "Call ID,From,To,Started,Talk,Route,Kind,Parts,Call\nc1,1,44,2024-05-01T10:00:00Z,0,carrier2,SMS,2,x9\n"
+    [cdr] = parse_mapped_cdr_csv(text, mapping)
+    assert (cdr.trunk, cdr.service, cdr.units, cdr.correlation_id) == ("carrier2", "sms", 2, "x9")
+
+
+def test_a_generic_csv_with_an_unknown_service_names_the_column():
+    text = "Call ID,From,To,Started,Talk,Kind\nc1,1,44,2024-05-01T10:00:00Z,5,fax\n"
+    [error] = parse_mapped_cdr_csv(text, {**MAPPING, "service": "Kind"})
+    assert (error.line, error.column) == (2, "service")
+
+
+def test_a_positional_profile_reads_a_csv_by_column_index_and_can_skip_its_header():
+    profile = {"source_id": 0, "caller": 1, "callee": 2, "start": 3, "billsec": -1}
+    text = "id;a;b;when;secs\nr1;100;4420;2024-05-01 12:00:00;61\nr2;100;;2024-05-01 12:00:00;5\n"
+    results = list(
+        parse_positional_cdrs(text, profile, delimiter=";", skip_header=True, time_format="%Y-%m-%d %H:%M:%S")
+    )
+    assert (results[0].source_id, results[0].callee, results[0].billsec) == ("r1", "4420", 61)
+    assert results[0].start == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    assert (results[1].line, results[1].column) == (3, "callee")
+    with pytest.raises(ValueError, match="duration or billsec"):
+        parse_positional_cdrs(text, {"caller": 1, "callee": 2, "start": 3})
+
+
+@pytest.mark.parametrize(
+    ("dstchannel", "trunk"),
+    [
+        ("SIP/carrier1-00000a1b", "carrier1"),
+        ("PJSIP/carrier1-000001", "carrier1"),
+        ("PJSIP/my-carrier-0000002f", "my-carrier"),  # a peer name may hold dashes: only the suffix goes
+        ("IAX2/wholesale-1234", "wholesale"),
+        ("Local/100@from-internal-00000012;2", ""),  # a dialplan loop, not a trunk
+        ("", ""),
+        ("garbage", ""),
+    ],
+)
+def test_the_trunk_is_the_peer_named_in_the_dstchannel(dstchannel, trunk):
+    assert asterisk_trunk(dstchannel) == trunk

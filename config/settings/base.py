@@ -208,6 +208,16 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "tenant_schemas_celery.db_scheduler:TenantAwareDatabaseScheduler"
+# Periodic tasks in code. An entry without "tenant_schemas" is sent by beat to every operator's schema (the
+# scheduler's "all tenants" entries); OperatorTask skips suspended operators.
+CELERY_BEAT_SCHEDULE = {
+    # Reservations nobody committed in time (a lost call-control session, a crashed worker) release their credit.
+    "billing-reservations-expire": {
+        "task": "billing.reservations_expire",
+        "schedule": float(env("BILLING_RESERVATIONS_EXPIRE_EVERY_S", "60")),
+        "options": {"queue": "default", "expire_seconds": 50},  # a sweep not run within 50 s is dropped
+    },
+}
 
 # --- Channels -------------------------------------------------------------------------------
 CHANNEL_LAYERS = {
@@ -218,8 +228,10 @@ CHANNEL_LAYERS = {
 }
 
 # --- Money ----------------------------------------------------------------------------------
-# Ledger entries keep full precision; statements and invoices round each line once, half-up,
-# to this many decimal places (see billing).
+# Ledger entries and CDR prices keep full precision (6 decimals); statements, invoices and reports round
+# each line once, half-up, to this many decimal places: a line is the exact sum of its records rounded once
+# (5 SMS of 0.005 → 0.025 → 0.03, not 5 × 0.01), and totals are rounded from exact sums, never added up from
+# rounded lines (billing/selectors/reports.py).
 MONEY_LINE_DECIMAL_PLACES = int(env("MONEY_LINE_DECIMAL_PLACES", "2"))
 
 SESSION_COOKIE_HTTPONLY = True

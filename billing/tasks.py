@@ -1,0 +1,22 @@
+"""Billing's Celery tasks: thin wrappers over services, each run in the schema of the operator that enqueued it
+(``core.tasks.OperatorTask``: skipped while the operator is suspended). Safe to run twice.
+
+Queues: rating work goes to ``rating`` (``cdrs_rate_pending_schedule`` enqueues it there), the reservation sweep to
+``default`` (``CELERY_BEAT_SCHEDULE`` in the settings)."""
+
+from celery import shared_task
+
+from .services.ingest import cdrs_rate_pending
+from .services.ledger import reservations_expire
+
+
+@shared_task(name="billing.cdrs_rate_pending")
+def cdrs_rate_pending_task() -> int:
+    """Rate the operator's unrated CDRs whose missing rate, account, freephone number or trunk has appeared."""
+    return cdrs_rate_pending()
+
+
+@shared_task(name="billing.reservations_expire")
+def reservations_expire_task() -> int:
+    """Release the operator's reservations nobody committed in time (beat: every minute, every operator)."""
+    return reservations_expire()
