@@ -53,7 +53,7 @@ def django_db_setup(django_db_setup, django_db_blocker, tmp_path_factory):
             own_databases = setup_databases(verbosity=0, interactive=False, aliases={"default"})
         cache.clear()  # throttle counters of an earlier run must not leak into this one
         call_command("prepare_platform", verbosity=0)
-        logins = demo_load(logins_file=tmp_path_factory.mktemp("demo") / "logins.json")
+        logins = demo_load(logins_file=tmp_path_factory.mktemp("demo") / "logins.json", samples=False)
         operator_provision(
             slug="rival",
             name="Rival Mobile",

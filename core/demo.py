@@ -25,15 +25,17 @@ DEMO_SLUG = "demo"
 DEMO_DOMAIN = "demo.localhost"
 
 # (module path, function name) of product demo steps, each called as f(operator=...) inside the demo schema.
-DEMO_STEPS: list[tuple[str, str]] = []
+DEMO_STEPS: list[tuple[str, str]] = [("billing.demo", "billing_demo_load")]
 
 
 def _password() -> str:
     return secrets.token_urlsafe(9)
 
 
-def demo_load(*, logins_file: Path = LOGINS_FILE) -> dict:
-    """Create the demo once; return the logins (read back from var/ when it already exists)."""
+def demo_load(*, logins_file: Path = LOGINS_FILE, samples: bool = True) -> dict:
+    """Create the demo once; return the logins (read back from var/ when it already exists).
+
+    `samples=False` leaves out the products' sample data (the test session builds its own)."""
     if Operator.objects.filter(schema_name=DEMO_SLUG).exists() and logins_file.exists():
         return json.loads(logins_file.read_text())
     platform_tenant_ensure()
@@ -86,7 +88,7 @@ def demo_load(*, logins_file: Path = LOGINS_FILE) -> dict:
             boss = User.objects.get(username="boss@acme.example")
             boss.set_password(client_password)
             boss.save()
-        for module, function in DEMO_STEPS:
+        for module, function in DEMO_STEPS if samples else []:
             getattr(__import__(module, fromlist=[function]), function)(operator=operator)
     logins["operator"] = {
         "url": public_url(DEMO_DOMAIN, "/admin/"),
