@@ -115,6 +115,11 @@ def ledger_charge_many(charges: list[BulkCharge]) -> int:
             [(c.account_id, -c.amount, c.idempotency_key, c.description, c.cdr_id) for c in charges],
             page_size=10000,
         )
+        # Lock the accounts in id order first: two imports charging overlapping accounts cannot deadlock.
+        cursor.execute(
+            f"SELECT id FROM {Account._meta.db_table} WHERE id IN (SELECT DISTINCT account_id FROM _bulk_charge) "
+            "ORDER BY id FOR UPDATE"
+        )
         cursor.execute(
             f"""WITH inserted AS (
                   INSERT INTO {table} (account_id, kind, amount, idempotency_key, description, cdr_id, created_at)
