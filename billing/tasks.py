@@ -5,6 +5,8 @@ Queues: rating work goes to ``rating`` (``cdrs_rate_pending_schedule`` enqueues 
 ``default`` (``CELERY_BEAT_SCHEDULE`` in the settings)."""
 
 from celery import shared_task
+from django.db import connection
+from django_tenants.utils import get_public_schema_name
 
 from .services.ingest import cdrs_rate_pending
 from .services.ledger import reservations_expire
@@ -19,4 +21,6 @@ def cdrs_rate_pending_task() -> int:
 @shared_task(name="billing.reservations_expire")
 def reservations_expire_task() -> int:
     """Release the operator's reservations nobody committed in time (beat: every minute, every operator)."""
+    if connection.schema_name == get_public_schema_name():
+        return 0  # beat's all-tenant entries reach the public schema too, which has no accounts
     return reservations_expire()

@@ -25,7 +25,7 @@ DEMO_SLUG = "demo"
 DEMO_DOMAIN = "demo.localhost"
 
 # (module path, function name) of product demo steps, each called as f(operator=...) inside the demo schema.
-DEMO_STEPS: list[tuple[str, str]] = [("billing.demo", "billing_demo_load")]
+DEMO_STEPS: list[tuple[str, str]] = [("billing.demo", "billing_demo_load"), ("sms.demo", "sms_demo_load")]
 
 
 def _password() -> str:
