@@ -56,7 +56,8 @@ Options (command line, or the environment for `make bench`): ``--rate`` (SMS_E2E
 ``--overload-rate`` (SMS_E2E_OVERLOAD_RATE, 4000), ``--overload-duration`` (SMS_E2E_OVERLOAD_S, 30; 0 skips it),
 ``--overload-batch`` (SMS_E2E_OVERLOAD_BATCH, 50), ``--overload-connections`` (SMS_E2E_OVERLOAD_CONNECTIONS, 16),
 ``--max-queued`` (SMS_E2E_MAX_QUEUED, 3000), ``--client-tps`` (SMS_E2E_CLIENT_TPS, 0), ``--web-workers``
-(SMS_E2E_WEB_WORKERS, 1), ``--web-app`` / ``--web-interface`` (what uvicorn serves, default
+(SMS_E2E_WEB_WORKERS, 1), ``--sms-workers`` (SMS_E2E_SMS_WORKERS, 1: Celery ``-Q sms`` processes, each with
+its own bind), ``--web-app`` / ``--web-interface`` (what uvicorn serves, default
 ``config.asgi:application``), ``--web-conn-max-age`` (DB_CONN_MAX_AGE of the web process; default: the settings'),
 ``--receipt-delay`` (0.2), ``--failure-ratio`` (0.01), ``--gateway-window`` (100), ``--gateway-tps`` (10000),
 ``--drain`` (SMS_E2E_DRAIN_S, 120), ``--profile-dir DIR`` (SMS_E2E_PROFILE_DIR: py-spy records the web, sms-worker,
@@ -232,6 +233,7 @@ def options_parse() -> argparse.Namespace:
     parser.add_argument("--max-queued", type=int, default=int(env("SMS_E2E_MAX_QUEUED", "3000")))
     parser.add_argument("--client-tps", type=int, default=int(env("SMS_E2E_CLIENT_TPS", "0")))
     parser.add_argument("--web-workers", type=int, default=int(env("SMS_E2E_WEB_WORKERS", "1")))
+    parser.add_argument("--sms-workers", type=int, default=int(env("SMS_E2E_SMS_WORKERS", "1")))
     parser.add_argument("--web-app", default=env("SMS_E2E_WEB_APP", "config.asgi:application"), help="for uvicorn")
     parser.add_argument("--web-interface", default=env("SMS_E2E_WEB_INTERFACE", "auto"), help="uvicorn --interface")
     parser.add_argument(
@@ -437,19 +439,24 @@ def web_start(options: argparse.Namespace, key: str) -> Process:
             time.sleep(0.2)
 
 
-def workers_start() -> tuple[Process, Process, Process]:
-    """The Celery processes as production runs them: one sms worker (pool solo: it holds the binds), one for the
-    other queues (callbacks), and beat."""
+def workers_start(sms_workers: int) -> tuple[list[Process], Process, Process]:
+    """The Celery processes as production runs them: sms workers (pool solo: each holds its own binds), one worker
+    for the other queues (callbacks), and beat."""
     celery = [sys.executable, "-m", "celery", "-A", "config"]
-    sms = Process("sms worker", [*celery, "worker", "-Q", "sms", "--pool", "solo", "-n", "e2e-sms@%h",
-                                 "--loglevel", "WARNING"])  # fmt: skip
+    sms = [
+        Process(
+            f"sms worker {n}",
+            [*celery, "worker", "-Q", "sms", "--pool", "solo", "-n", f"e2e-sms{n}@%h", "--loglevel", "WARNING"],
+        )  # fmt: skip
+        for n in range(1, sms_workers + 1)
+    ]
     default = Process("default worker", [*celery, "worker", "-Q", "default,rating,callcontrol,reports", "--pool",
                                          "solo", "-n", "e2e-default@%h", "--loglevel", "WARNING"])  # fmt: skip
     schedule = Path(tempfile.mkdtemp(prefix="sms-e2e-")) / "celerybeat-schedule"
     beat = Process("beat", [*celery, "beat", "--loglevel", "WARNING", "-s", str(schedule)])
     deadline = time.monotonic() + 60
-    while len(celery_app.control.ping(timeout=0.5)) < 2:
-        if time.monotonic() > deadline or sms.proc.poll() is not None or default.proc.poll() is not None:
+    while len(celery_app.control.ping(timeout=0.5)) < sms_workers + 1:
+        if time.monotonic() > deadline or any(w.proc.poll() is not None for w in [*sms, default]):
             raise RuntimeError("the Celery workers did not come up")
     return sms, default, beat
 
@@ -889,7 +896,8 @@ def main() -> None:
     note(
         f"offered load: {options.rate:.0f} messages/s for {options.duration:.0f} s in requests of {options.batch} "
         f"recipients ({options.rate / options.batch:.0f} requests/s) over {options.connections} kept-alive "
-        f"connections, one {len(text)}-character GSM part each; {options.web_workers} uvicorn worker(s); gateway "
+        f"connections, one {len(text)}-character GSM part each; {options.web_workers} uvicorn worker(s), "
+        f"{options.sms_workers} sms worker(s); gateway "
         f"window {options.gateway_window}; receipts after {options.receipt_delay} s, {options.failure_ratio:.0%} "
         f"UNDELIV; client TPS limit {options.client_tps or 'none'}, queue bound {options.max_queued}; "
         f"load average {os.getloadavg()[0]:.2f}"
@@ -900,8 +908,9 @@ def main() -> None:
         key = world_create(
             callback_url=f"http://127.0.0.1:{endpoint.port}/dlr", smsc_port=simulator.port, options=options
         )
-        sms_worker, default_worker, beat = workers_start()
-        for process in (beat, default_worker, sms_worker):  # stopped in reverse: the sms worker first
+        sms_workers, default_worker, beat = workers_start(options.sms_workers)
+        sms_worker = sms_workers[0]
+        for process in (beat, default_worker, *sms_workers):  # stopped in reverse: the sms workers first
             stack.enter_context(started(process))
         web = stack.enter_context(started(web_start(options, key)))
         connection.close()  # the children opened theirs; this process reconnects when it needs to
@@ -914,9 +923,15 @@ def main() -> None:
         note(f"warm-up: {len(warm.accepted)} messages accepted and final; answers {dict(warm.statuses)}")
 
         # 1. Steady load.
-        pids = {"uvicorn": [web.pid], "sms worker": [sms_worker.pid], "default worker": [default_worker.pid],
-                "beat": [beat.pid], "simulator": [simulator.pid], "callback endpoint": [endpoint.pid],
-                "load generator (this)": [os.getpid()]}  # fmt: skip
+        pids = {
+            "uvicorn": [web.pid],
+            "sms worker(s)": [w.pid for w in sms_workers],
+            "default worker": [default_worker.pid],
+            "beat": [beat.pid],
+            "simulator": [simulator.pid],
+            "callback endpoint": [endpoint.pid],
+            "load generator (this)": [os.getpid()],
+        }
         cpu_before = cpu_seconds(pids)
         activity_before = database_activity()
         spies: list[subprocess.Popen] = []
@@ -1011,7 +1026,7 @@ def main() -> None:
         stats = callback_endpoint_stats(endpoint)
         counts = end_counts(accepted_all, stats)
         web.stop()
-        for process in (sms_worker, default_worker, beat):
+        for process in (*sms_workers, default_worker, beat):
             process.stop()
         simulator.stop(sig=signal.SIGINT)
         simulator_counters = simulator_stats(simulator)
