@@ -17,12 +17,11 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import BaseParser, FormParser, JSONParser, MultiPartParser
-from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.errors import Conflict
-from core.api.permissions import IsOperatorStaff
+from core.api.permissions import IsOperatorStaff, StaffWritesCustomersRead
 from core.api.viewsets import CustomerScopedMixin
 from core.selectors import customer_for_user
 
@@ -49,20 +48,6 @@ from . import filtersets
 from . import serializers as s
 
 # --- Plumbing -------------------------------------------------------------------------------------
-
-
-class StaffOrOwnCustomerReadOnly(BasePermission):
-    """Staff do anything; a customer's login may only read (its rows, which the queryset scopes)."""
-
-    message = "Only the operator's staff may do this."
-
-    def has_permission(self, request, view):
-        user = request.user
-        if not (user and user.is_authenticated):
-            return False
-        if customer_for_user(user=user) is None:
-            return user.is_staff
-        return request.method in SAFE_METHODS
 
 
 class CsvParser(BaseParser):
@@ -437,7 +422,7 @@ class AccountViewSet(ScopedObjectMixin, viewsets.ModelViewSet):
     """Accounts (a customer's or the operator's own): staff open and manage them, a customer reads its own."""
 
     customer_field = "customer"
-    permission_classes = [StaffOrOwnCustomerReadOnly]
+    permission_classes = [StaffWritesCustomersRead]
     serializer_class = s.AccountSerializer
     queryset = Account.objects.prefetch_related("packages")
     filterset_class = filtersets.AccountFilterSet
@@ -495,7 +480,7 @@ class LedgerEntryViewSet(ScopedObjectMixin, viewsets.ReadOnlyModelViewSet):
     """Ledger entries (append-only): every top-up, charge, refund and adjustment."""
 
     customer_field = "account__customer"
-    permission_classes = [StaffOrOwnCustomerReadOnly]
+    permission_classes = [StaffWritesCustomersRead]
     serializer_class = s.LedgerEntrySerializer
     queryset = LedgerEntry.objects.all()
     filterset_class = filtersets.LedgerEntryFilterSet
@@ -506,7 +491,7 @@ class ReservationViewSet(ScopedObjectMixin, viewsets.ReadOnlyModelViewSet):
     """Credit held for running calls and messages."""
 
     customer_field = "account__customer"
-    permission_classes = [StaffOrOwnCustomerReadOnly]
+    permission_classes = [StaffWritesCustomersRead]
     serializer_class = s.ReservationSerializer
     queryset = Reservation.objects.all()
     filterset_class = filtersets.ReservationFilterSet
@@ -517,7 +502,7 @@ class CdrViewSet(ScopedObjectMixin, mixins.CreateModelMixin, viewsets.ReadOnlyMo
     """CDRs with their rating (price, cost, margin; unrated ones with the reason); staff post JSON batches."""
 
     customer_field = "account__customer"
-    permission_classes = [StaffOrOwnCustomerReadOnly]
+    permission_classes = [StaffWritesCustomersRead]
     serializer_class = s.CdrSerializer
     queryset = Cdr.objects.all()
     filterset_class = filtersets.CdrFilterSet

@@ -1,4 +1,4 @@
-from rest_framework.permissions import BasePermission
+from rest_framework.permissions import SAFE_METHODS, BasePermission
 
 from core.selectors import customer_for_user
 
@@ -18,3 +18,17 @@ class IsPlatformStaff(BasePermission):
 
     def has_permission(self, request, view):
         return bool(request.user and request.user.is_authenticated and request.user.is_staff)
+
+
+class StaffWritesCustomersRead(BasePermission):
+    """Staff do anything; a customer's login may only read its own rows (the queryset scopes them)."""
+
+    message = "Only the operator's staff may do this."
+
+    def has_permission(self, request, view):
+        user = request.user
+        if not (user and user.is_authenticated):
+            return False
+        if customer_for_user(user=user) is None:
+            return user.is_staff
+        return request.method in SAFE_METHODS

@@ -17,13 +17,13 @@ from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import action
 from rest_framework.parsers import BaseParser, FormParser, JSONParser, MultiPartParser
-from rest_framework.permissions import SAFE_METHODS, BasePermission, IsAuthenticated
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.authentication import ApiKeyAuthentication
 from core.api.errors import Conflict
-from core.api.permissions import IsOperatorStaff
+from core.api.permissions import IsOperatorStaff, StaffWritesCustomersRead
 from core.api.viewsets import CustomerScopedMixin
 from core.selectors import api_key_find, customer_for_user
 from core.services import api_key_touch
@@ -43,20 +43,6 @@ from . import filtersets
 from . import serializers as s
 
 # --- plumbing ---
-
-
-class StaffWritesCustomersRead(BasePermission):
-    """Staff do anything; a customer's login may only read its own rows (the queryset scopes them)."""
-
-    message = "Only the operator's staff may do this."
-
-    def has_permission(self, request, view):
-        user = request.user
-        if not (user and user.is_authenticated):
-            return False
-        if customer_for_user(user=user) is None:
-            return user.is_staff
-        return request.method in SAFE_METHODS
 
 
 def send_answer(*, customer, payload, remote_ip: str | None) -> tuple[int, dict, list[tuple[str, str]]]:
