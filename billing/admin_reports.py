@@ -1,7 +1,8 @@
 """Rerating, statements and reports in the operator console (hooked from billing/admin.py).
 
-- Rerate runs: "New what-if" (period, account, candidate tariff) re-rates and shows the differences per
-  account and destination; the run's page has the confirm button.
+- Rerate runs: "New what-if" (period, account, candidate tariff) queues a run a worker re-rates; the run's page
+  shows its status and progress (reloading itself while a worker is at it), then the differences per account and
+  destination and the confirm button, which queues the confirmation.
 - Statement of an account (`…/reraterun/statement/?account=<id>&from=…&to=…`, CSV download).
 - Revenue, cost and margin by day or month, with the unrated CDRs per reason.
 
@@ -32,7 +33,7 @@ from .selectors.reports import (
     revenue_report,
     unrated_report,
 )
-from .services.rerate import RerateInvalid, RerateStale, rerate_confirm, rerate_preview
+from .services.rerate import RerateInvalid, RerateNotReady, rerate_confirm_request, rerate_request
 
 DATE_INPUT = forms.DateInput(attrs={"type": "date"})
 
@@ -93,10 +94,16 @@ _FORM_FIELD = {"start": "period_from", "end": "period_to", "account": "account",
 class RerateRunAdmin(admin.ModelAdmin):
     """What-if runs. They are made by the what-if form and confirmed by their button; never edited."""
 
-    list_display = ["id", "created_at", "period_start", "period_end", "account", "tariff", "status", "difference"]
+    list_display = [
+        "id", "created_at", "period_start", "period_end", "account", "tariff", "status", "progress", "difference",
+    ]  # fmt: skip
     list_filter = ["status"]
     list_select_related = ["account", "tariff"]
     change_list_template = "admin/billing/reports/reraterun_change_list.html"
+
+    @admin.display(description="progress")
+    def progress(self, obj):
+        return f"{obj.progress_done} / {obj.progress_total}"
 
     @admin.display(description="difference")
     def difference(self, obj):
@@ -106,7 +113,9 @@ class RerateRunAdmin(admin.ModelAdmin):
         return False  # runs are read; confirming has its own button and permission (add)
 
     def has_delete_permission(self, request, obj=None):
-        return super().has_delete_permission(request, obj) and (obj is None or obj.status == RerateStatus.DRAFT)
+        return super().has_delete_permission(request, obj) and (
+            obj is None or obj.status in (RerateStatus.READY, RerateStatus.FAILED)
+        )
 
     def get_urls(self):
         view = self.admin_site.admin_view
@@ -139,13 +148,13 @@ class RerateRunAdmin(admin.ModelAdmin):
             if form.is_valid():
                 start, end = form.bounds()
                 try:
-                    run = rerate_preview(
+                    run = rerate_request(
                         start=start, end=end, account=form.cleaned_data["account"], tariff=form.cleaned_data["tariff"]
                     )
                 except RerateInvalid as exc:
                     form.add_error(_FORM_FIELD.get(exc.field), str(exc))
                 else:
-                    messages.info(request, "What-if done: nothing is charged until you confirm it.")
+                    messages.info(request, "What-if queued; nothing is charged until you confirm it.")
                     return HttpResponseRedirect(reverse("console:billing_reraterun_change", args=[run.pk]))
         else:
             first, last = _last_month()
@@ -163,7 +172,8 @@ class RerateRunAdmin(admin.ModelAdmin):
             original=run,
             run=run,
             summary=run.summary,
-            can_confirm=run.status == RerateStatus.DRAFT and self.has_add_permission(request),
+            can_confirm=run.status == RerateStatus.READY and self.has_add_permission(request),
+            in_progress=run.status in (RerateStatus.QUEUED, RerateStatus.RUNNING, RerateStatus.CONFIRMING),
         )
 
     def confirm_view(self, request, object_id: int):
@@ -173,16 +183,11 @@ class RerateRunAdmin(admin.ModelAdmin):
         if not self.has_add_permission(request):
             raise PermissionDenied
         try:
-            run = rerate_confirm(run=run)
-        except RerateStale as exc:
+            run = rerate_confirm_request(run=run)
+        except RerateNotReady as exc:
             messages.error(request, str(exc))
         else:
-            confirmed = run.summary.get("confirmed", {})
-            messages.success(
-                request,
-                f"Rerate run {run.pk} confirmed: {confirmed.get('entries', 0)} adjustment(s), "
-                f"{confirmed.get('adjusted', '0')} in total.",
-            )
+            messages.success(request, f"Rerate run {run.pk}: confirming, this page follows it.")
         return HttpResponseRedirect(reverse("console:billing_reraterun_change", args=[run.pk]))
 
     def statement_view(self, request):

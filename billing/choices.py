@@ -47,5 +47,9 @@ class CdrFormatKind(models.TextChoices):
 
 
 class RerateStatus(models.TextChoices):
-    DRAFT = "draft", "What-if"
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Re-rating"
+    READY = "ready", "What-if ready"
+    CONFIRMING = "confirming", "Confirming"
     CONFIRMED = "confirmed", "Confirmed"
+    FAILED = "failed", "Failed"

@@ -343,10 +343,16 @@ class LedgerEntry(AppendOnly):
 
 
 class Reservation(models.Model):
-    """Credit held for a running call or message (RFC 4006 style): committed at the end, the rest released."""
+    """Credit held for a running call or message (RFC 4006 style): committed at the end, the rest released.
+
+    A *credit grant* (``undrawn`` set) is a reservation many uses draw from, as an online charging system grants a
+    quota: ``amount`` is what it still holds, ``undrawn`` the part of it no use has drawn yet (see
+    ``billing.services.grants``).
+    """
 
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="reservations")
     amount = money_field()
+    undrawn = money_field(null=True, blank=True, help_text="A credit grant's part not drawn by any use yet.")
     committed_amount = money_field(null=True, blank=True)
     status = models.CharField(max_length=10, choices=ReservationStatus.choices, default=ReservationStatus.HELD)
     idempotency_key = models.CharField(max_length=200, unique=True)
@@ -356,6 +362,11 @@ class Reservation(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [
+            models.Index(
+                fields=["account"], name="billing_reservation_grants", condition=models.Q(undrawn__gt=0, status="held")
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.status} {self.amount} on {self.account_id}"
@@ -414,7 +425,11 @@ class CdrFormat(models.Model):
 
 
 class RerateRun(models.Model):
-    """A what-if re-rating of a period under a tariff; confirming it posts the differences as adjustments."""
+    """A what-if re-rating of a period under a tariff; confirming it posts the differences as adjustments.
+
+    Computed and confirmed on a worker (``billing.services.rerate``): ``status`` and the progress counts say where
+    it is; a failed run keeps why (``error_code``: ``rerate_stale`` when the period changed before confirming).
+    """
 
     tariff = models.ForeignKey(
         Tariff, null=True, blank=True, on_delete=models.PROTECT, help_text="Candidate tariff; empty: each current one."
@@ -422,8 +437,14 @@ class RerateRun(models.Model):
     account = models.ForeignKey(Account, null=True, blank=True, on_delete=models.PROTECT, help_text="Empty: all.")
     period_start = models.DateTimeField()
     period_end = models.DateTimeField()
-    status = models.CharField(max_length=10, choices=RerateStatus.choices, default=RerateStatus.DRAFT)
+    status = models.CharField(max_length=10, choices=RerateStatus.choices, default=RerateStatus.QUEUED)
     summary = models.JSONField(default=dict, blank=True)
+    progress_total = models.PositiveBigIntegerField(default=0, help_text="CDRs of the period in scope.")
+    progress_done = models.PositiveBigIntegerField(default=0, help_text="Of which re-rated (or skipped) so far.")
+    error_code = models.CharField(max_length=40, blank=True)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
     confirmed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -1,7 +1,8 @@
 """Rerating, statements and reports in the billing API: thin views over `services.rerate` and `selectors.reports`.
 
-- `rerate` (staff): `POST` runs a what-if (a draft run with the differences per account and destination),
-  `GET /{id}` reads it, `POST /{id}/confirm` posts its adjustments (409 when the preview went stale).
+- `rerate` (staff): `POST` queues a what-if (202: a `queued` run a worker fills with the differences per account
+  and destination), `GET /{id}` polls it (status, progress), `POST /{id}/confirm` queues posting its adjustments
+  (202 `confirming`; 200 once confirmed; 409 when not ready, failed, or stale: `rerate_stale`).
 - `statements/{account_id}` (staff; a customer for its own accounts only, others are 404): JSON or CSV
   (`?format=csv` or `Accept: text/csv`).
 - `reports/revenue` and `reports/unrated` (staff).
@@ -29,6 +30,7 @@ from core.api.permissions import IsOperatorStaff
 from core.api.viewsets import CustomerScopedMixin
 from core.selectors import customer_for_user
 
+from ..choices import RerateStatus
 from ..models import Account, RerateRun, Tariff
 from ..selectors.reports import (
     REPORT_GROUPS,
@@ -38,7 +40,7 @@ from ..selectors.reports import (
     revenue_report,
     unrated_report,
 )
-from ..services.rerate import RerateInvalid, RerateStale, rerate_confirm, rerate_preview
+from ..services.rerate import RerateInvalid, RerateNotReady, rerate_confirm_request, rerate_request
 
 # --- Periods ----------------------------------------------------------------------------------------
 
@@ -180,26 +182,36 @@ class RerateSummarySerializer(serializers.Serializer):
 
 
 class RerateRunSerializer(serializers.ModelSerializer):
-    summary = RerateSummarySerializer(read_only=True)
+    summary = serializers.SerializerMethodField(help_text="The differences; null until the what-if is ready.")
 
     class Meta:
         model = RerateRun
         fields = [
             "id",
             "status",
+            "progress_done",
+            "progress_total",
+            "error_code",
+            "error",
             "tariff",
             "account",
             "period_start",
             "period_end",
             "summary",
+            "started_at",
+            "finished_at",
             "confirmed_at",
             "created_at",
         ]
         read_only_fields = fields
 
+    @extend_schema_field(RerateSummarySerializer(allow_null=True))
+    def get_summary(self, run: RerateRun):
+        return RerateSummarySerializer(run.summary).data if "accounts" in run.summary else None
 
-class RerateStaleError(Conflict):
-    default_code = "rerate_stale"
+
+class RerateNotReadyError(Conflict):
+    default_code = "rerate_not_ready"
 
 
 # The service names its arguments; the API names its fields.
@@ -223,16 +235,16 @@ class RerateViewSet(
     ordering_fields = ["created_at", "period_start"]
 
     @extend_schema(
-        summary="What-if: re-rate a period (nothing is written but the run)",
+        summary="What-if: queue re-rating a period (nothing is written but the run); poll the run for its result",
         request=RerateRequestSerializer,
-        responses={201: RerateRunSerializer},
+        responses={202: RerateRunSerializer},
     )
     def create(self, request, *args, **kwargs):
         body = RerateRequestSerializer(data=request.data, context=_context(request))
         body.is_valid(raise_exception=True)
         data = body.validated_data
         try:
-            run = rerate_preview(
+            run = rerate_request(
                 start=data["from"],
                 end=data["to"],
                 account=data.get("account"),
@@ -241,24 +253,29 @@ class RerateViewSet(
             )
         except RerateInvalid as exc:
             raise serializers.ValidationError({_API_FIELD.get(exc.field, exc.field): [str(exc)]}) from exc
-        return Response(RerateRunSerializer(run).data, status=status.HTTP_201_CREATED)
+        return Response(RerateRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
-        summary="Confirm a what-if: post its adjustments and re-price its CDRs (idempotent)",
+        summary="Confirm a what-if: queue posting its adjustments and re-pricing its CDRs (idempotent)",
         request=None,
         responses={
             200: RerateRunSerializer,
-            409: OpenApiResponse(description="The preview is stale (prices, tariffs or CDRs changed): run it again."),
+            202: RerateRunSerializer,
+            409: OpenApiResponse(
+                description="Not ready yet (`rerate_not_ready`), failed (`rerate_failed`), or stale (`rerate_stale`: "
+                "prices, tariffs or CDRs changed since the what-if): run it again."
+            ),
         },
     )
     @action(detail=True, methods=["post"], filter_backends=[])
     def confirm(self, request, pk=None):
         run = self.get_object()
         try:
-            run = rerate_confirm(run=run)
-        except RerateStale as exc:
-            raise RerateStaleError(str(exc)) from exc
-        return Response(RerateRunSerializer(run).data)
+            run = rerate_confirm_request(run=run)
+        except RerateNotReady as exc:
+            raise RerateNotReadyError(str(exc), code=exc.code) from exc
+        done = run.status == RerateStatus.CONFIRMED
+        return Response(RerateRunSerializer(run).data, status=status.HTTP_200_OK if done else status.HTTP_202_ACCEPTED)
 
 
 # --- Statements -------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 
 from .bulk_import import cdrs_import_bulk
 from .cdr_formats import CdrFeed, CdrFormatError, cdr_format_parse
+from .grants import credit_draw, grants_idle_release
 from .ingest import cdrs_ingest, cdrs_rate_pending, cdrs_rate_pending_schedule
 from .ledger import (
     BulkCharge,
@@ -26,7 +27,15 @@ from .ledger import (
     usage_charge_many,
 )
 from .rates import RatesImport, rates_import
-from .rerate import RerateInvalid, RerateStale, rerate_confirm, rerate_preview
+from .rerate import (
+    RerateInvalid,
+    RerateNotReady,
+    RerateStale,
+    rerate_confirm,
+    rerate_confirm_request,
+    rerate_preview,
+    rerate_request,
+)
 
 __all__ = [
     "BulkCharge",
@@ -39,6 +48,8 @@ __all__ = [
     "cdrs_rate_pending",
     "cdrs_rate_pending_schedule",
     "cdrs_import_bulk",
+    "credit_draw",
+    "grants_idle_release",
     "CdrFeed",
     "CdrFormatError",
     "cdr_format_parse",
@@ -51,8 +62,11 @@ __all__ = [
     "reservations_expire",
     "RerateInvalid",
     "RerateStale",
+    "RerateNotReady",
     "rerate_confirm",
+    "rerate_confirm_request",
     "rerate_preview",
+    "rerate_request",
     "PreratedUsage",
     "Settlement",
     "reservation_settle_many",

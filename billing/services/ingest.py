@@ -23,8 +23,11 @@ when the missing piece appears. Charges: one ledger entry per rated CDR with a p
 ``rating.price_with_package`` against the account's counter (``PackageUsage``) for the calendar month of the
 call's start in the operator's time zone: increments of the deck rate decide the billed seconds, the package prices
 them (included minutes, then tiers; beyond a bounded last tier the deck rate), the connect fee still applies. Calls
-are applied in the order they started (sorted by start within an import; a call imported later than calls that
-started after it is applied at the counter's current position). The counter rows are locked (``SELECT … FOR
+are applied in the order they started (start, then source id), across imports too: a call that arrives after calls
+of its period that started later re-sequences the period (``packages.package_period_replay``): it is priced at its
+true position, the already-charged calls after it are re-priced at theirs and corrected by adjustment entries
+(``resequence:<cdr id>:<late call's source>:<source id>``, once each; past entries are never edited), and the
+counter is set to the sum of the period's package seconds. The counter rows are locked (``SELECT … FOR
 UPDATE``, in a fixed order) in the transaction that stores the CDRs, and the duplicate check runs under that lock,
 so concurrent imports for one account stay right and a CDR seen twice never counts twice. When a package covers the
 number through several packages of the account, the one with the longest matching prefix (then by name) applies.
@@ -42,12 +45,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Sum
 from django.utils import timezone
 
 from .. import rating
@@ -56,6 +59,14 @@ from ..models import Account, Cdr, FreephoneNumber, MinutePackage, PackageUsage,
 from ..selectors.decks import cost_tariffs_get, rate_deck_get
 from ..selectors.grid import IVR, class_grid_pricer_get
 from .ledger import BulkCharge, ledger_charge_many
+from .packages import (
+    Adjustment,
+    PackageCall,
+    PackagePrice,
+    accounts_lock,
+    adjustments_post,
+    package_period_replay,
+)
 
 log = logging.getLogger(__name__)
 
@@ -426,44 +437,149 @@ def _package_usage_lock(cdrs: list[Cdr], ctx: RatingContext) -> dict[tuple[int, 
     return {(u.account_id, u.package_id, u.period_start): u for u in rows.order_by("pk")}
 
 
-def _price_packaged(cdrs: list[Cdr], ctx: RatingContext, usage: dict[tuple[int, int, date], PackageUsage]) -> None:
-    """Price package-covered CDRs in the order the calls started, moving their (locked) counters."""
-    moved: dict[int, PackageUsage] = {}
+def _period_bounds(period_start: date, ctx: RatingContext) -> tuple[datetime, datetime]:
+    """The first and the last-but-excluded instant of a package period (calendar month in the operator's zone)."""
+    following = (period_start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return (
+        datetime.combine(period_start, time.min, tzinfo=ctx.zone),
+        datetime.combine(following, time.min, tzinfo=ctx.zone),
+    )
+
+
+@dataclass
+class Resequenced:
+    """Already-charged package CDRs re-priced because a call of their period arrived after them, and the
+    adjustment entries (``resequence:<cdr id>:<late call's source>:<its source id>``) that correct their charges."""
+
+    cdrs: list[Cdr] = field(default_factory=list)
+    adjustments: list[Adjustment] = field(default_factory=list)
+
+    def apply(self, *, account_ids) -> None:
+        """Write them, in the transaction holding the counters' locks. The accounts of the whole batch
+        (``account_ids``) are locked here first, in id order in one statement, so the batch's charges that follow
+        lock nothing new (charging takes them in id order too: no deadlock with other imports)."""
+        if not self.cdrs:
+            return
+        accounts_lock(set(account_ids) | {c.account_id for c in self.cdrs})
+        fields = ["price", "billed_seconds", "package_seconds", "matched_prefix", "destination", "extra", "updated_at"]
+        Cdr.objects.bulk_update(self.cdrs, fields, batch_size=1000)
+        adjustments_post(self.adjustments)
+
+
+def _price_packaged(
+    cdrs: list[Cdr], ctx: RatingContext, usage: dict[tuple[int, int, date], PackageUsage]
+) -> Resequenced:
+    """Price package-covered CDRs in the order the calls started, moving their (locked) counters.
+
+    A call that started before an already-counted call of its period (a late import, or an unrated CDR rated now)
+    re-sequences the period (``packages.package_period_replay``): it is priced at its true position, and the
+    already-charged calls after it are re-priced at theirs (current deck, as the late call); those whose rating
+    changes are returned to be written with their adjustment entries. The counter is set to the replay's end, so
+    it stays the sum of the period's package seconds.
+    """
+    groups: dict[tuple[int, int, date], list[Cdr]] = {}
     for cdr in sorted(cdrs, key=lambda c: (c.start, c.source_id)):
         _reset(cdr)
         package = ctx.package_for(cdr.account, cdr.callee)
-        tariff = cdr.account.tariff
         if package.pure is None:
             _unrated(cdr, package.error)
             continue
-        rate = rate_deck_get(tariff=tariff).lookup(number=cdr.callee, at=cdr.start, tz=ctx.tz)
-        if rate is None:
-            _unrated(cdr, no_rate_reason(cdr.callee))
-            continue
-        counter = usage[_usage_key(cdr, package, ctx)]
-        quote = rating.price_with_package(rate, cdr.billsec, counter.used_seconds, package.pure)
-        counter.used_seconds += quote.package_seconds
-        moved[counter.pk] = counter
-        _rated(
-            cdr,
-            price=quote.amount,
-            currency=tariff.currency,
-            billed=quote.billed_seconds,
-            prefix=rate.prefix,
-            destination=rate.destination,
-        )
-        cdr.package_seconds = quote.package_seconds
-        cdr.extra["package"] = package.model.name
-        cdr.extra["package_parts"] = [
-            {"seconds": seconds, "rate": str(rate.rate if part_rate is None else part_rate), "from": part_from}
-            for seconds, part_rate in quote.parts
-            for part_from in ["deck" if part_rate is None else "package"]
-        ]
-        _cost(cdr, ctx, number=cdr.callee)
+        groups.setdefault(_usage_key(cdr, package, ctx), []).append(cdr)
+    resequenced = Resequenced()
     now = timezone.now()
-    for counter in moved.values():
-        counter.updated_at = now
-    PackageUsage.objects.bulk_update(list(moved.values()), ["used_seconds", "updated_at"])
+    moved = []
+    for key in sorted(groups):
+        fresh = groups[key]
+        counter, first = usage[key], fresh[0]
+        account, package = first.account, ctx.package_for(first.account, first.callee)
+        month_start, month_end = _period_bounds(key[2], ctx)
+        counted = Cdr.objects.filter(
+            account_id=account.pk, status=CdrStatus.RATED, start__lt=month_end, extra__package=package.model.name
+        )
+        stored = list(counted.filter(start__gte=first.start).order_by("start", "source_id"))
+        calls = [PackageCall(c.start, c.source_id, c.callee, c.billsec, reprice=True) for c in fresh]
+        used_before = counter.used_seconds
+        if stored:  # calls of this period already counted started after the first new one: re-sequence
+            used_before = (
+                counted.filter(start__gte=month_start, start__lt=first.start).aggregate(s=Sum("package_seconds"))["s"]
+                or 0
+            )
+            calls += [
+                PackageCall(
+                    c.start,
+                    c.source_id,
+                    c.callee,
+                    c.billsec,
+                    package_seconds=c.package_seconds,
+                    reprice=(c.start, c.source_id) > (first.start, first.source_id),
+                    cdr_id=c.pk,
+                )
+                for c in stored
+            ]
+        order = sorted(range(len(calls)), key=lambda i: calls[i].order)
+        replay = package_period_replay(
+            [calls[i] for i in order],
+            package=package.pure,
+            deck=rate_deck_get(tariff=account.tariff),
+            tz=ctx.tz,
+            used_before=used_before,
+        )
+        price_of = dict(zip(order, replay.prices, strict=True))
+        for position, cdr in enumerate(fresh):
+            price = price_of[position]
+            if price is None:
+                _unrated(cdr, no_rate_reason(cdr.callee))
+                continue
+            _rated(
+                cdr,
+                price=price.price,
+                currency=account.tariff.currency,
+                billed=price.billed_seconds,
+                prefix=price.prefix,
+                destination=price.destination,
+            )
+            cdr.package_seconds = price.package_seconds
+            cdr.extra["package"] = package.model.name
+            cdr.extra.update(price.extra)
+            _cost(cdr, ctx, number=cdr.callee)
+        for position, cdr in enumerate(stored, start=len(fresh)):
+            price = price_of[position]
+            if price is not None:
+                _resequence(cdr, price, first, now, resequenced)
+        counter.used_seconds, counter.updated_at = replay.used_seconds, now
+        moved.append(counter)
+    PackageUsage.objects.bulk_update(moved, ["used_seconds", "updated_at"])
+    return resequenced
+
+
+def _resequence(cdr: Cdr, price: PackagePrice, late: Cdr, now: datetime, into: Resequenced) -> bool:
+    """Re-price one already-charged package CDR at its new position; False when nothing about it changes."""
+    before = (cdr.price, cdr.billed_seconds, cdr.package_seconds, cdr.extra.get("package_parts"))
+    if before == (price.price, price.billed_seconds, price.package_seconds, price.parts):
+        return False
+    history = {
+        "after": f"{late.source}:{late.source_id}",
+        "at": now.isoformat(),
+        "price": str(cdr.price),
+        "billed_seconds": cdr.billed_seconds,
+        "package_seconds": cdr.package_seconds,
+    }
+    cdr.extra = {**cdr.extra, **price.extra, "resequenced": [*cdr.extra.get("resequenced", []), history]}
+    old = cdr.price
+    cdr.price, cdr.billed_seconds, cdr.package_seconds = price.price, price.billed_seconds, price.package_seconds
+    cdr.matched_prefix, cdr.destination, cdr.updated_at = price.prefix, price.destination, now
+    into.cdrs.append(cdr)
+    if old != price.price:
+        into.adjustments.append(
+            Adjustment(
+                account_id=cdr.account_id,
+                amount=old - price.price,
+                idempotency_key=f"resequence:{cdr.pk}:{late.source}:{late.source_id}",
+                description=f"Resequenced after late call {late.source_id}: {old} -> {price.price}",
+                cdr_id=cdr.pk,
+            )
+        )
+    return True
 
 
 # --- storing and charging ---------------------------------------------------------------------------------------------
@@ -628,9 +744,9 @@ def _store(cdrs: list[Cdr], ctx: RatingContext, *, packaged: bool, summary: Inge
                         continue
                     seen.add(cdr.source_id)
                     fresh.append(cdr)
-                if packaged:
-                    _price_packaged(fresh, ctx, usage)
+                resequenced = _price_packaged(fresh, ctx, usage) if packaged else Resequenced()
                 Cdr.objects.bulk_create(fresh)
+                resequenced.apply(account_ids={c.account_id for c in fresh if c.account_id})
                 _charge_rated(fresh)
             break
         except IntegrityError:
@@ -713,8 +829,10 @@ def cdrs_rate_pending(*, tz: str | None = None, batch_size: int = 2000) -> int:
             before = {c.pk: c.unrated_reason for c in pending}
             ctx.load(pending)
             packaged = [c for c in pending if not cdr_price(c, ctx)]
+            resequenced = Resequenced()
             if packaged:
-                _price_packaged(packaged, ctx, _package_usage_lock(packaged, ctx))
+                resequenced = _price_packaged(packaged, ctx, _package_usage_lock(packaged, ctx))
+            resequenced.apply(account_ids={c.account_id for c in pending if c.account_id})
             now = timezone.now()
             changed = [c for c in pending if c.status == CdrStatus.RATED or c.unrated_reason != before[c.pk]]
             for cdr in changed:

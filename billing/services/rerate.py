@@ -1,61 +1,89 @@
 """Rerating and what-if: price a period's CDRs again under each account's current tariff or a candidate one.
 
-``rerate_preview`` re-rates and records the differences in a draft :class:`RerateRun`; it writes
-nothing else (no CDR, no ledger entry). ``rerate_confirm`` re-rates again, checks that the result is
-still the one previewed, and then, in one transaction:
+A run (:class:`RerateRun`) goes ``queued`` → ``running`` → ``ready`` (the what-if) → ``confirming`` →
+``confirmed``, or ``failed`` (with ``error_code`` and ``error``; ``rerate_stale`` when confirming found the period
+changed). :func:`rerate_request` checks the arguments and queues a run, :func:`rerate_confirm_request` queues its
+confirmation; both run on a Celery worker (``billing.tasks``, queue ``reports``) after the request's commit, which
+report progress on the run (``progress_done`` of ``progress_total`` CDRs). :func:`rerate_preview` and
+:func:`rerate_confirm` are the same work run inline.
+
+The what-if writes nothing but the run. Confirming re-rates again, checks that the result is still the one
+previewed, and then, in one transaction:
 
 - posts one ``adjustment`` ledger entry per CDR whose price changed, of ``old price - new price``
   (the ledger's sign: a higher new price is a negative entry, the customer owes more), with the
   idempotency key ``rerate:<run id>:<cdr id>``; earlier entries are never edited;
 - moves each account's balance by the sum of what was actually inserted, so balance = sum of entries;
-- writes the new price, matched prefix, destination and billed seconds on the CDRs, appending what
-  they were to ``extra["rerated"]`` (a history, one item per confirmed run);
+- writes the new rating (price, matched prefix, destination, billed seconds; package seconds and parts, grid
+  classes and rates) on the CDRs, appending what they were to ``extra["rerated"]`` (one item per confirmed run);
+- sets the package counters it replayed (see below) to their replayed values;
 - marks the run confirmed. Confirming a confirmed run changes nothing.
 
 So a run's adjustments sum to minus its ``difference`` (new total - old total), and re-rating the
 same period again compares with the prices a confirmed run wrote: nothing is adjusted twice.
 
-Which CDRs: rated ones of the account (or every account) whose call started in [start, end). Left as
-they are, and counted in the summary's ``skipped`` with the reason:
+Which CDRs: rated ones of the account (or every account) whose call started in [start, end), priced three ways:
 
-- priced by a minute package (``package_seconds > 0``): their price depends on the period's package
-  counters and the order of calls, not on the rate deck alone;
-- freephone legs priced on a tariff's class grid (``extra`` names their origination class);
-- no tariff to rate with (no candidate and the account has none), or a tariff in another currency;
-- no rate in the tariff for the number at the call's start (``no_rate``, also counted per account):
-  a candidate deck that does not cover a destination does not make those calls free.
+- **by the rate deck**: the rating engine that priced them (:mod:`billing.rating`), in the operator's time zone;
+  groups of at least ``BULK_MIN_ROWS`` CDRs of one tariff and service go through the vectorised
+  :class:`billing.rating.BulkRater`, which equals :func:`billing.rating.rate_one` row by row;
+- **by a minute package** (``extra["package"]``): the price depends on the package counter and the order of calls,
+  so each period of the package (account, package, calendar month in the operator's zone) that has calls in the
+  window is replayed from zero at the month's start in call order (``packages.package_period_replay``) with the
+  tariff's deck: calls in the window are re-priced at their replayed positions, calls of the month outside the
+  window keep their rating and count with their stored package seconds. The what-if never touches the counters;
+  confirming locks them (``SELECT … FOR UPDATE`` in id order, as ingestion does, before the accounts) and sets each
+  to its replayed end;
+- **freephone legs on a class grid** (``extra["origination_class"]``): priced again on the tariff's grid exactly as
+  ingestion prices them (``ingest._price_freephone_leg``), with the caller and forwarded-to number.
 
-The rating engine is the one that priced them (:mod:`billing.rating`), in the operator's time zone;
-groups of at least ``BULK_MIN_ROWS`` CDRs of one tariff and service go through the vectorised
-:class:`billing.rating.BulkRater`, which equals :func:`billing.rating.rate_one` row by row.
+Left as they are, and counted in the summary's ``skipped`` with the reason: no tariff to rate with (no candidate
+and the account has none), a tariff in another currency, a grid leg under a tariff without a grid, a package
+CDR whose package is gone or invalid (or with package seconds but no package name, from before packages were
+named), and no rate (or grid cell) for the number (``no_rate``, also counted per account and destination): a
+candidate deck that does not cover a destination does not make those calls free.
 """
 
 import csv
+import hashlib
 import io
-from collections.abc import Iterator
+import json
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from django.db import connection, transaction
-from django.db.models import BigIntegerField, F, Q
+from django.db.models import BigIntegerField, Count, F, Q
 from django.db.models.functions import Cast, Extract
 from django.utils import timezone
 
 from .. import rating
-from ..choices import CdrStatus, EntryKind, RerateStatus, TariffKind
-from ..models import Account, Cdr, LedgerEntry, RerateRun, Tariff
+from ..choices import CdrStatus, EntryKind, Leg, RerateStatus, TariffKind
+from ..models import Account, Cdr, LedgerEntry, MinutePackage, PackageUsage, RerateRun, Tariff
+from .packages import PackageCall, package_period_replay
+
+log = logging.getLogger(__name__)
 
 BULK_MIN_ROWS = 1000
 CHUNK_ROWS = 100_000
+ROWS_BATCH = 5000  # package and grid CDRs are priced one by one, this many per batch
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+QUEUE = "reports"
 
-SKIP_PACKAGE = "priced by a minute package"
-SKIP_GRID = "freephone leg priced on a class grid"
+SKIP_PACKAGE = "priced by a minute package that is not named"
+SKIP_PACKAGE_GONE = "its minute package no longer exists"
+SKIP_NO_GRID = "tariff has no class grid"
 SKIP_NO_TARIFF = "account has no tariff"
 SKIP_CURRENCY = "tariff in another currency"
 SKIP_NO_RATE = "no rate in the tariff"
+
+GRID = Q(extra__has_key="origination_class") | Q(extra__has_key="cell_rate")
+PACKAGED = Q(extra__has_key="package")
+_GRID_KEYS = ("origination_class", "termination_class", "cell_rate", "leg_rate", "call_total", "tariff_id")
 
 
 class RerateInvalid(ValueError):
@@ -70,8 +98,26 @@ class RerateStale(Exception):
     """Prices, tariffs or CDRs changed since the preview: confirming it would post what nobody saw."""
 
 
+class RerateNotReady(Exception):
+    """The run cannot be confirmed: its what-if is not done yet, or it failed (``code`` says which)."""
+
+    def __init__(self, run: RerateRun):
+        self.run = run
+        if run.status == RerateStatus.FAILED:
+            self.code = run.error_code or "rerate_failed"
+            message = f"rerate run {run.pk} failed: {run.error}; run the what-if again"
+        else:
+            self.code = "rerate_not_ready"
+            message = f"rerate run {run.pk} is {run.status}: its what-if is not ready yet"
+        super().__init__(message)
+
+
 def _money(micro: int) -> str:
     return str(Decimal(int(micro)).scaleb(-6).quantize(rating.MICRO))
+
+
+def _micro(amount: Decimal) -> int:
+    return int(Decimal(amount).scaleb(6))
 
 
 @dataclass
@@ -169,29 +215,81 @@ class _Chunk:
         )
 
 
+@dataclass(frozen=True)
+class _New:
+    """A package or grid CDR's new rating; ``package_seconds`` None for grid legs, ``extra`` the keys to write."""
+
+    micro: int
+    billed: int
+    prefix: str
+    destination: str
+    package_seconds: int | None
+    extra: dict
+
+
+@dataclass
+class _Row:
+    """One package or grid CDR of the window: its rating now, and the new one (None: no rate, left as it is)."""
+
+    cdr_id: int
+    account_id: int
+    destination: str
+    old_micro: int
+    old_billed: int
+    old_prefix: str
+    old_package_seconds: int | None
+    old_extra: dict
+    new: _New | None
+
+    def writes(self) -> bool:
+        """Whether confirming rewrites it: any part of its rating differs."""
+        new = self.new
+        if new is None:
+            return False
+        return (
+            (new.micro, new.billed, new.prefix, new.destination)
+            != (self.old_micro, self.old_billed, self.old_prefix, self.destination)
+            or (new.package_seconds is not None and new.package_seconds != self.old_package_seconds)
+            or any(self.old_extra.get(key) != value for key, value in new.extra.items())
+        )
+
+
 _MEASURES = ("cdrs", "changed", "no_rate", "old", "new")
 
 
 @dataclass
 class _Rerating:
-    """One pass over a period: reads the CDRs chunk by chunk as columns, rates them, and sums the differences."""
+    """One pass over a period: reads the CDRs (deck-priced ones chunk by chunk as columns, package and grid ones
+    row by row), rates them, and sums the differences. ``progress(done, total)`` is told as it goes."""
 
     start: datetime
     end: datetime
     account: Account | None
     tariff: Tariff | None
     tz: str
+    progress: Callable[[int, int], None] | None = None
     skipped: dict[str, int] = field(default_factory=dict)
     accounts: dict[int, dict] = field(default_factory=dict)
     tariffs: dict[int, Tariff] = field(default_factory=dict)
+    usable: dict[int, int] = field(default_factory=dict)  # account id -> tariff id
     lines: dict[tuple[int, str], list[int]] = field(default_factory=dict)  # (account, destination) -> _MEASURES
+    counters: dict[tuple[int, int, date], int] = field(default_factory=dict)  # replayed package counters
+    total: int = 0
+    done: int = 0
+    _prepared: bool = False
+    _groups: dict | None = None
+    _digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
 
     def _skip(self, reason: str, count: int) -> None:
         if count:
             self.skipped[reason] = self.skipped.get(reason, 0) + count
 
-    def chunks(self) -> Iterator[_Chunk]:
-        """The re-rated CDRs in id order, CHUNK_ROWS at a time; skipped CDRs are only counted."""
+    def _advance(self, count: int) -> None:
+        self.done += count
+        if self.progress is not None and count:
+            self.progress(self.done, self.total)
+
+    def scope(self):
         base = Cdr.objects.filter(
             status=CdrStatus.RATED,
             account__isnull=False,
@@ -199,24 +297,25 @@ class _Rerating:
             start__gte=self.start,
             start__lt=self.end,
         )
-        if self.account is not None:
-            base = base.filter(account=self.account)
-        grid = Q(extra__has_key="origination_class") | Q(extra__has_key="cell_rate")
-        self._skip(SKIP_GRID, base.filter(grid).count())
-        self._skip(SKIP_PACKAGE, base.filter(package_seconds__gt=0).exclude(grid).count())
-        candidates = base.exclude(grid).exclude(package_seconds__gt=0)
-        account_ids = candidates.values("account_id").distinct()
-        usable: dict[int, int] = {}  # account id -> tariff id
+        return base if self.account is None else base.filter(account=self.account)
+
+    def prepare(self) -> None:
+        """Which accounts can be re-rated and under which tariff; the others' CDRs are counted as skipped."""
+        if self._prepared:
+            return
+        self._prepared = True
+        per_account = dict(self.scope().values("account_id").annotate(n=Count("id")).values_list("account_id", "n"))
+        self.total = sum(per_account.values())
         # Read afresh: decks are cached per version of the tariff (its updated_at), never per stale object.
         candidate = Tariff.objects.get(pk=self.tariff.pk) if self.tariff is not None else None
-        for account in Account.objects.filter(pk__in=account_ids).select_related("tariff").order_by("pk"):
+        for account in Account.objects.filter(pk__in=list(per_account)).select_related("tariff").order_by("pk"):
             tariff = candidate or account.tariff
             if tariff is None:
-                self._skip(SKIP_NO_TARIFF, candidates.filter(account=account).count())
+                self._skip(SKIP_NO_TARIFF, per_account[account.pk])
             elif tariff.currency != account.currency:
-                self._skip(SKIP_CURRENCY, candidates.filter(account=account).count())
+                self._skip(SKIP_CURRENCY, per_account[account.pk])
             else:
-                usable[account.pk] = tariff.pk
+                self.usable[account.pk] = tariff.pk
                 self.tariffs[tariff.pk] = tariff
                 self.accounts[account.pk] = {
                     "account_id": account.pk,
@@ -226,13 +325,27 @@ class _Rerating:
                     "tariff_id": tariff.pk,
                     "tariff_name": tariff.name,
                 }
-        if not usable:
+        self._advance(self.total - sum(per_account[a] for a in self.usable))
+
+    def _tariff_of(self, account_id: int) -> Tariff:
+        return self.tariffs[self.usable[account_id]]
+
+    # --- deck-priced CDRs ----------------------------------------------------------------------------------------
+
+    def chunks(self) -> Iterator[_Chunk]:
+        """The deck-priced CDRs in id order, CHUNK_ROWS at a time."""
+        self.prepare()
+        candidates = self.scope().filter(account_id__in=list(self.usable)).exclude(GRID).exclude(PACKAGED)
+        legacy = candidates.filter(package_seconds__gt=0)
+        self._skip(SKIP_PACKAGE, legacy.count())
+        self._advance(self.skipped.get(SKIP_PACKAGE, 0))
+        candidates = candidates.exclude(package_seconds__gt=0)
+        if not self.usable:
             return
-        account_keys = np.array(sorted(usable), dtype=np.int64)
-        tariff_of_account = np.array([usable[a] for a in account_keys.tolist()], dtype=np.int64)
+        account_keys = np.array(sorted(self.usable), dtype=np.int64)
+        tariff_of_account = np.array([self.usable[a] for a in account_keys.tolist()], dtype=np.int64)
         rows = (
-            candidates.filter(account_id__in=list(usable))
-            .order_by("id")
+            candidates.order_by("id")
             # Times and prices as integers (epoch µs, micro units): no datetime or Decimal per row.
             .annotate(
                 start_us=Cast(Extract("start", "epoch", tzinfo=UTC) * 1_000_000, BigIntegerField()),
@@ -269,6 +382,13 @@ class _Rerating:
                 rows = np.flatnonzero(of_tariff & (chunk.services == service))
                 chunk.rate(rows, self.tariffs[tariff_id], service, self.tz)
         self._add(chunk)
+        changed = np.flatnonzero(chunk.changed())
+        for column in (chunk.ids, chunk.old_micro, chunk.new_micro, chunk.new_billed):
+            self._digest.update(column[changed].tobytes())
+        self._digest.update(
+            "\x1f".join(chunk.new_prefix[changed].tolist() + chunk.new_destination[changed].tolist()).encode()
+        )
+        self._advance(len(chunk.ids))
         return chunk
 
     def _add(self, chunk: _Chunk) -> None:
@@ -295,6 +415,221 @@ class _Rerating:
             for measure in range(len(_MEASURES)):
                 line[measure] += int(sums[measure, position])
         self._skip(SKIP_NO_RATE, int((~priced).sum()))
+
+    # --- package and grid CDRs, row by row -------------------------------------------------------------------------
+
+    def _add_rows(self, rows: list[_Row]) -> list[_Row]:
+        for row in rows:
+            line = self.lines.setdefault((row.account_id, row.destination), [0] * len(_MEASURES))
+            if row.new is None:
+                line[2] += 1
+                self._skip(SKIP_NO_RATE, 1)
+                continue
+            line[0] += 1
+            line[1] += row.new.micro != row.old_micro
+            line[3] += row.old_micro
+            line[4] += row.new.micro
+            if row.writes():
+                new = row.new
+                self._digest.update(
+                    json.dumps(
+                        [row.cdr_id, row.old_micro, new.micro, new.billed, new.prefix, new.destination,
+                         new.package_seconds, new.extra],
+                        sort_keys=True,
+                        default=str,
+                    ).encode()
+                )  # fmt: skip
+        self._advance(len(rows))
+        return rows
+
+    def _month(self, moment: datetime) -> date:
+        return moment.astimezone(ZoneInfo(self.tz)).date().replace(day=1)
+
+    def _month_bounds(self, first: date, last: date) -> tuple[datetime, datetime]:
+        zone = ZoneInfo(self.tz)
+        following = (last.replace(day=28) + timedelta(days=4)).replace(day=1)
+        return datetime.combine(first, time.min, tzinfo=zone), datetime.combine(following, time.min, tzinfo=zone)
+
+    def package_groups(self) -> dict[tuple[int, str, date], int]:
+        """The package periods with calls in the window: (account, package name, month) -> in-window CDRs."""
+        if self._groups is None:
+            self.prepare()
+            self._groups = {}
+            window = self.scope().filter(PACKAGED, account_id__in=list(self.usable)).exclude(GRID)
+            for account_id, name, start in window.values_list("account_id", "extra__package", "start").iterator():
+                key = (account_id, name, self._month(start))
+                self._groups[key] = self._groups.get(key, 0) + 1
+            self.packages = {p.name: p for p in MinutePackage.objects.filter(name__in={k[1] for k in self._groups})}
+        return self._groups
+
+    def counter_keys(self) -> list[tuple[int, int, date]]:
+        """The counters (account, package id, month) the package replay covers."""
+        groups = self.package_groups()
+        return sorted({(a, self.packages[n].pk, d) for a, n, d in groups if n in self.packages})
+
+    def package_rows(self) -> Iterator[list[_Row]]:
+        """Replay each package period with calls in the window (see the module doc); yields its window's rows."""
+        from ..selectors import rate_deck_get
+        from .ingest import _package_pure
+
+        groups = self.package_groups()
+        for account_id in sorted({k[0] for k in groups}):
+            keys = sorted(k for k in groups if k[0] == account_id)
+            names = {k[1] for k in keys}
+            low, high = self._month_bounds(keys[0][2], max(k[2] for k in keys))
+            calls: dict[tuple[str, date], list[tuple]] = {}
+            stored = (
+                Cdr.objects.filter(account_id=account_id, status=CdrStatus.RATED, start__gte=low, start__lt=high)
+                .filter(PACKAGED)
+                .exclude(GRID)
+                .order_by("start", "source_id")
+                .values_list(
+                    "id", "start", "source_id", "callee", "billsec", "price", "package_seconds", "billed_seconds",
+                    "matched_prefix", "destination", "extra__package", "extra__package_parts",
+                )
+            )  # fmt: skip
+            for values in stored.iterator(chunk_size=ROWS_BATCH):
+                if values[10] in names:
+                    calls.setdefault((values[10], self._month(values[1])), []).append(values)
+            tariff = self._tariff_of(account_id)
+            deck = rate_deck_get(tariff=tariff)
+            for key in keys:
+                _, name, month = key
+                model = self.packages.get(name)
+                if model is None:
+                    self._skip(SKIP_PACKAGE_GONE, groups[key])
+                    self._advance(groups[key])
+                    continue
+                package = _package_pure(model)
+                if package.pure is None:
+                    self._skip(package.error, groups[key])
+                    self._advance(groups[key])
+                    continue
+                period = calls.get((name, month), [])
+                replay = package_period_replay(
+                    [
+                        PackageCall(start, source_id, callee, billsec, package_seconds=seconds, cdr_id=cdr_id,
+                                    reprice=self.start <= start < self.end)
+                        for cdr_id, start, source_id, callee, billsec, _, seconds, *_ in period
+                    ],
+                    package=package.pure,
+                    deck=deck,
+                    tz=self.tz,
+                )  # fmt: skip
+                self.counters[(account_id, model.pk, month)] = replay.used_seconds
+                rows = []
+                for values, price in zip(period, replay.prices, strict=True):
+                    cdr_id, start, _, _, _, old_price, seconds, billed, prefix, destination, _, parts = values
+                    if not self.start <= start < self.end:
+                        continue
+                    new = None
+                    if price is not None:
+                        new = _New(
+                            micro=_micro(price.price),
+                            billed=price.billed_seconds,
+                            prefix=price.prefix,
+                            destination=price.destination,
+                            package_seconds=price.package_seconds,
+                            extra=price.extra,
+                        )
+                    rows.append(
+                        _Row(
+                            cdr_id=cdr_id,
+                            account_id=account_id,
+                            destination=destination,
+                            old_micro=_micro(old_price),
+                            old_billed=billed,
+                            old_prefix=prefix,
+                            old_package_seconds=seconds,
+                            old_extra={"package_parts": parts},
+                            new=new,
+                        )
+                    )
+                yield self._add_rows(rows)
+
+    def grid_rows(self) -> Iterator[list[_Row]]:
+        """Freephone legs priced again on the tariff's class grid, as ingestion prices them."""
+        from ..selectors.grid import IVR, class_grid_pricer_get
+
+        self.prepare()
+        grids: dict[int, rating.ClassGrid | None] = {}
+        legs = (
+            self.scope()
+            .filter(GRID, account_id__in=list(self.usable))
+            .order_by("id")
+            .values_list(
+                "id", "account_id", "leg", "caller", "billsec", "extra", "price", "billed_seconds", "matched_prefix",
+                "destination",
+            )
+        )  # fmt: skip
+        rows: list[_Row] = []
+        for cdr_id, account_id, leg, caller, billsec, extra, price, billed, prefix, destination in legs.iterator(
+            chunk_size=ROWS_BATCH
+        ):
+            tariff = self._tariff_of(account_id)
+            if tariff.pk not in grids:
+                grids[tariff.pk] = class_grid_pricer_get(tariff=tariff)
+            grid = grids[tariff.pk]
+            if grid is None:
+                self._skip(SKIP_NO_GRID, 1)
+                self._advance(1)
+                continue
+            forwarded_to = extra.get("forwarded_to") or None
+            try:
+                quote = grid.price(caller=caller, forwarded_to=forwarded_to, billsec=billsec)
+            except rating.Unpriced:
+                new = None
+            else:
+                termination = quote.termination_class or IVR
+                patch = {
+                    "origination_class": quote.origination_class,
+                    "termination_class": termination,
+                    "cell_rate": None if quote.cell_rate is None else str(quote.cell_rate),
+                    "leg_rate": str(quote.leg_rate),
+                    "call_total": str(quote.total),
+                    "tariff_id": tariff.pk,
+                }
+                if leg == Leg.ORIGINATION:
+                    amount, new_billed = quote.origination_amount, quote.billed_seconds
+                    new_prefix, new_destination = quote.origination_prefix, f"Freephone from {quote.origination_class}"
+                else:
+                    amount, new_billed = quote.termination_amount, quote.billed_seconds if forwarded_to else 0
+                    new_prefix, new_destination = quote.termination_prefix, f"Freephone to {termination}"
+                new = _New(
+                    micro=_micro(amount),
+                    billed=new_billed,
+                    prefix=new_prefix,
+                    destination=new_destination[:100],
+                    package_seconds=None,
+                    extra=patch,
+                )
+            rows.append(
+                _Row(
+                    cdr_id=cdr_id,
+                    account_id=account_id,
+                    destination=destination,
+                    old_micro=_micro(price),
+                    old_billed=billed,
+                    old_prefix=prefix,
+                    old_package_seconds=None,
+                    old_extra={key: extra.get(key) for key in _GRID_KEYS},
+                    new=new,
+                )
+            )
+            if len(rows) >= ROWS_BATCH:
+                yield self._add_rows(rows)
+                rows = []
+        if rows:
+            yield self._add_rows(rows)
+
+    def run(self) -> None:
+        """The whole pass, for a what-if (nothing kept but the sums)."""
+        for _ in self.chunks():
+            pass
+        for _ in self.package_rows():
+            pass
+        for _ in self.grid_rows():
+            pass
 
     def summary(self) -> dict:
         """The differences per account and destination, and per currency, as JSON-ready data."""
@@ -336,6 +671,8 @@ class _Rerating:
             "totals": [{"currency": c, **amounts(line)} for c, line in sorted(currencies.items())],
             "accounts": accounts,
             "skipped": [{"reason": reason, "cdrs": n} for reason, n in sorted(self.skipped.items())],
+            # What confirming would write, row by row: a preview whose fingerprint no longer matches is stale.
+            "fingerprint": self._digest.hexdigest(),
         }
 
 
@@ -355,6 +692,99 @@ def _validate(*, start: datetime, end: datetime, account: Account | None, tariff
             raise RerateInvalid("account", f"account {account.code} has no tariff; name a candidate tariff")
 
 
+# --- runs: queued, computed on a worker, confirmed on a worker ------------------------------------------------------
+
+
+def _enqueue(task_name: str, run_id: int) -> None:
+    """Send the run's task (``billing.tasks``) to the worker once the current transaction commits."""
+    from .. import tasks
+
+    task = getattr(tasks, task_name)
+
+    def enqueue() -> None:
+        task.apply_async(args=[run_id], queue=QUEUE)
+
+    enqueue.rerate_task = (task, run_id)  # what tests run in-process instead of a broker round trip
+    transaction.on_commit(enqueue, robust=True)
+
+
+def rerate_request(
+    *,
+    start: datetime,
+    end: datetime,
+    account: Account | None = None,
+    tariff: Tariff | None = None,
+    tz: str | None = None,
+    enqueue: bool = True,
+) -> RerateRun:
+    """Check a what-if (raises :class:`RerateInvalid` naming the bad argument) and queue it: a ``queued`` run that a
+    worker computes (:func:`rerate_run_preview`) after the caller's transaction commits."""
+    from ..selectors.reports import operator_time_zone
+
+    _validate(start=start, end=end, account=account, tariff=tariff)
+    run = RerateRun.objects.create(
+        tariff=tariff,
+        account=account,
+        period_start=start,
+        period_end=end,
+        status=RerateStatus.QUEUED,
+        summary={"time_zone": tz or operator_time_zone()},
+    )
+    if enqueue:
+        _enqueue("rerate_run_preview_task", run.pk)
+    return run
+
+
+def _run_progress(run_id: int) -> Callable[[int, int], None]:
+    def report(done: int, total: int) -> None:
+        RerateRun.objects.filter(pk=run_id).update(progress_done=done, progress_total=total, updated_at=timezone.now())
+
+    return report
+
+
+def _run_fail(run_id: int, code: str, error: Exception) -> RerateRun:
+    RerateRun.objects.filter(pk=run_id).exclude(status=RerateStatus.CONFIRMED).update(
+        status=RerateStatus.FAILED,
+        error_code=code,
+        error=str(error)[:2000],
+        finished_at=timezone.now(),
+        updated_at=timezone.now(),
+    )
+    return RerateRun.objects.get(pk=run_id)
+
+
+def rerate_run_preview(*, run_id: int) -> RerateRun:
+    """Compute a queued what-if: the run's summary holds, per account and per destination (the CDRs' current
+    destination), the CDRs re-rated, how many change price, the old and new totals and the difference (new - old;
+    positive: the customer would pay more), the same per currency, and the CDRs skipped with why. Writes nothing but
+    the run. Safe to run twice: a run past ``running`` is returned as it is."""
+    now = timezone.now()
+    claimed = RerateRun.objects.filter(pk=run_id, status__in=[RerateStatus.QUEUED, RerateStatus.RUNNING]).update(
+        status=RerateStatus.RUNNING, started_at=now, updated_at=now
+    )
+    run = RerateRun.objects.select_related("account", "tariff").get(pk=run_id)
+    if not claimed:
+        return run
+    try:
+        rerating = _Rerating(
+            start=run.period_start,
+            end=run.period_end,
+            account=run.account,
+            tariff=run.tariff,
+            tz=run.summary["time_zone"],
+            progress=_run_progress(run.pk),
+        )
+        rerating.run()
+    except Exception as error:
+        log.exception("rerate run %s failed", run_id)
+        return _run_fail(run_id, "rerate_failed", error)
+    run.summary, run.status = rerating.summary(), RerateStatus.READY
+    run.progress_done = run.progress_total = rerating.total
+    run.finished_at = timezone.now()
+    run.save(update_fields=["summary", "status", "progress_done", "progress_total", "finished_at", "updated_at"])
+    return run
+
+
 def rerate_preview(
     *,
     start: datetime,
@@ -363,45 +793,73 @@ def rerate_preview(
     tariff: Tariff | None = None,
     tz: str | None = None,
 ) -> RerateRun:
-    """What-if: re-rate the period's CDRs (of ``account``, or all) under ``tariff`` (or each account's own).
+    """What-if, inline: :func:`rerate_request` and :func:`rerate_run_preview` at once; returns the ``ready`` run."""
+    run = rerate_request(start=start, end=end, account=account, tariff=tariff, tz=tz, enqueue=False)
+    return rerate_run_preview(run_id=run.pk)
 
-    Returns a draft run whose ``summary`` holds, per account and per destination (the CDRs' current
-    destination), the CDRs re-rated, how many change price, the old and new totals and the difference
-    (new - old; positive: the customer would pay more), the same per currency, and the CDRs skipped
-    with why. Writes nothing but the run. Raises :class:`RerateInvalid` naming the bad argument.
-    """
-    from ..selectors.reports import operator_time_zone
 
-    _validate(start=start, end=end, account=account, tariff=tariff)
-    rerating = _Rerating(start=start, end=end, account=account, tariff=tariff, tz=tz or operator_time_zone())
-    for _chunk in rerating.chunks():
-        pass
-    return RerateRun.objects.create(
-        tariff=tariff,
-        account=account,
-        period_start=start,
-        period_end=end,
-        status=RerateStatus.DRAFT,
-        summary=rerating.summary(),
-    )
+def rerate_confirm_request(*, run: RerateRun) -> RerateRun:
+    """Queue the confirmation of a ready run (``confirming``; a worker runs :func:`rerate_run_confirm` after
+    commit). A run already confirming or confirmed is returned as it is; one not ready, or failed, raises
+    :class:`RerateNotReady`."""
+    with transaction.atomic():
+        run = RerateRun.objects.select_for_update().get(pk=run.pk)
+        if run.status in (RerateStatus.CONFIRMING, RerateStatus.CONFIRMED):
+            return run
+        if run.status != RerateStatus.READY:
+            raise RerateNotReady(run)
+        run.status = RerateStatus.CONFIRMING
+        run.save(update_fields=["status", "updated_at"])
+        _enqueue("rerate_run_confirm_task", run.pk)
+    return run
+
+
+def rerate_run_confirm(*, run_id: int) -> RerateRun:
+    """Confirm a ``confirming`` run (the worker's half of :func:`rerate_confirm_request`); a stale one fails with
+    ``rerate_stale``. Safe to run twice."""
+    run = RerateRun.objects.get(pk=run_id)
+    if run.status != RerateStatus.CONFIRMING:
+        return run
+    try:
+        return rerate_confirm(run=run)
+    except RerateStale as error:
+        return _run_fail(run_id, "rerate_stale", error)
+    except Exception as error:
+        log.exception("confirming rerate run %s failed", run_id)
+        return _run_fail(run_id, "rerate_failed", error)
+
+
+# --- confirming ------------------------------------------------------------------------------------------------------
 
 
 def _comparable(summary: dict) -> tuple:
-    return summary.get("accounts"), summary.get("skipped")
+    return summary.get("accounts"), summary.get("skipped"), summary.get("fingerprint")
 
 
-_CREATE_RESULTS = """CREATE TEMP TABLE IF NOT EXISTS _rerate_result (
+_CREATE_ROWS = """CREATE TEMP TABLE IF NOT EXISTS _rerate_rows (
     cdr_id bigint, account_id bigint, old_price numeric(20,6), new_price numeric(20,6),
-    new_prefix text, new_destination text, new_billed integer) ON COMMIT DELETE ROWS"""
+    new_prefix text, new_destination text, new_billed integer, old_package_seconds integer,
+    new_package_seconds integer, extra_patch jsonb) ON COMMIT DELETE ROWS"""
+
+
+_DECK_COLUMNS = "cdr_id, account_id, old_price, new_price, new_prefix, new_destination, new_billed"
+_ROW_COLUMNS = _DECK_COLUMNS + ", old_package_seconds, new_package_seconds, extra_patch"
+
+
+def _copy(cursor, rows, columns: str) -> None:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    buffer.seek(0)
+    cursor.copy_expert(f"COPY _rerate_rows ({columns}) FROM STDIN WITH (FORMAT csv)", buffer)
 
 
 def _copy_changed(cursor, chunk: _Chunk) -> int:
-    """COPY the chunk's re-rated CDRs into the session's _rerate_result; returns how many."""
+    """COPY the chunk's re-rated CDRs into the session's _rerate_rows; returns how many."""
     rows = np.flatnonzero(chunk.changed())
     if not rows.size:
         return 0
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(
+    _copy(
+        cursor,
         zip(
             chunk.ids[rows].tolist(),
             chunk.accounts[rows].tolist(),
@@ -411,33 +869,67 @@ def _copy_changed(cursor, chunk: _Chunk) -> int:
             chunk.new_destination[rows].tolist(),
             chunk.new_billed[rows].tolist(),
             strict=True,
-        )
+        ),
+        _DECK_COLUMNS,
     )
-    buffer.seek(0)
-    cursor.copy_expert("COPY _rerate_result FROM STDIN WITH (FORMAT csv)", buffer)
     return int(rows.size)
 
 
+def _copy_rows(cursor, rows: list[_Row]) -> int:
+    """COPY the package and grid CDRs whose rating changes into _rerate_rows (empty fields read as NULL)."""
+    changed = [row for row in rows if row.writes()]
+    if changed:
+        _copy(
+            cursor,
+            (
+                (
+                    row.cdr_id, row.account_id, _money(row.old_micro), _money(row.new.micro), row.new.prefix,
+                    row.new.destination, row.new.billed,
+                    "" if row.new.package_seconds is None else row.old_package_seconds,
+                    "" if row.new.package_seconds is None else row.new.package_seconds,
+                    json.dumps(row.new.extra),
+                )
+                for row in changed
+            ),
+            _ROW_COLUMNS,
+        )  # fmt: skip
+    return len(changed)
+
+
+def _counters_lock(keys: list[tuple[int, int, date]]) -> None:
+    """Create (if missing) and lock the package counters, in id order, as ingestion does (no deadlocks with it)."""
+    if not keys:
+        return
+    PackageUsage.objects.bulk_create(
+        [PackageUsage(account_id=a, package_id=p, period_start=d) for a, p, d in keys], ignore_conflicts=True
+    )
+    rows = PackageUsage.objects.select_for_update().filter(
+        account_id__in={k[0] for k in keys}, package_id__in={k[1] for k in keys}, period_start__in={k[2] for k in keys}
+    )
+    list(rows.order_by("pk").values_list("pk", flat=True))
+
+
 def rerate_confirm(*, run: RerateRun) -> RerateRun:
-    """Post the run's differences as adjustment entries and write the new prices on its CDRs (see module doc).
+    """Post the run's differences as adjustment entries and write the new ratings on its CDRs (see module doc).
 
     Idempotent: a confirmed run is returned unchanged, and each entry's key ``rerate:<run>:<cdr>`` is
     unique. Raises :class:`RerateStale` when re-rating now gives another result than the preview
     (a tariff, a price or the period's CDRs changed), or when a CDR's price moves while confirming:
-    nothing is written then; preview again and confirm the new run.
+    nothing is written then; preview again and confirm the new run. Raises :class:`RerateNotReady` for a run whose
+    what-if is not done.
     """
-    from ..selectors.reports import operator_time_zone
-
     with transaction.atomic():
         run = RerateRun.objects.select_for_update(of=("self",)).select_related("account", "tariff").get(pk=run.pk)
         if run.status == RerateStatus.CONFIRMED:
             return run
+        if run.status not in (RerateStatus.READY, RerateStatus.CONFIRMING):
+            raise RerateNotReady(run)
         rerating = _Rerating(
             start=run.period_start,
             end=run.period_end,
             account=run.account,
             tariff=run.tariff,
-            tz=run.summary.get("time_zone") or operator_time_zone(),
+            tz=run.summary["time_zone"],
         )
         stale = RerateStale(
             f"rerate run {run.pk}: prices, tariffs or CDRs of the period changed since the preview; "
@@ -445,29 +937,41 @@ def rerate_confirm(*, run: RerateRun) -> RerateRun:
         )
         now = timezone.now()
         entries, cdrs, accounts = LedgerEntry._meta.db_table, Cdr._meta.db_table, Account._meta.db_table
+        # Package counters first (ingestion takes them before the accounts too), then re-rate under their lock.
+        _counters_lock(rerating.counter_keys())
         with connection.cursor() as cursor:
-            cursor.execute(_CREATE_RESULTS)
-            cursor.execute("TRUNCATE _rerate_result")
+            cursor.execute(_CREATE_ROWS)
+            cursor.execute("TRUNCATE _rerate_rows")
             copied = sum(_copy_changed(cursor.cursor, chunk) for chunk in rerating.chunks())
+            copied += sum(_copy_rows(cursor.cursor, rows) for rows in rerating.package_rows())
+            copied += sum(_copy_rows(cursor.cursor, rows) for rows in rerating.grid_rows())
             if _comparable(rerating.summary()) != _comparable(run.summary):
                 raise stale
             # Lock the accounts in one order, so bulk charges running at the same time cannot deadlock with us.
             cursor.execute(
-                f"SELECT id FROM {accounts} WHERE id IN (SELECT DISTINCT account_id FROM _rerate_result) "
+                f"SELECT id FROM {accounts} WHERE id IN (SELECT DISTINCT account_id FROM _rerate_rows) "
                 "ORDER BY id FOR NO KEY UPDATE"
             )
-            # One statement: re-price each CDR only if its price is still the one re-rated (optimistic), post an
-            # adjustment for each one re-priced, and move the balances by what was actually inserted.
+            # One statement: re-price each CDR only if its price (and package seconds) are still the ones re-rated
+            # (optimistic), post an adjustment for each one re-priced, and move the balances by what was inserted.
             cursor.execute(
                 f"""WITH moved AS (
                       UPDATE {cdrs} c SET
-                        price = r.new_price, matched_prefix = r.new_prefix, destination = r.new_destination,
-                        billed_seconds = r.new_billed, updated_at = %(now)s,
+                        price = r.new_price, matched_prefix = coalesce(r.new_prefix, ''),
+                        destination = coalesce(r.new_destination, ''), billed_seconds = r.new_billed,
+                        package_seconds = coalesce(r.new_package_seconds, c.package_seconds), updated_at = %(now)s,
                         extra = jsonb_set(coalesce(c.extra, '{{}}'::jsonb), '{{rerated}}',
                           coalesce(c.extra -> 'rerated', '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
                             'run', %(run)s, 'at', %(at)s, 'price', c.price::text, 'matched_prefix', c.matched_prefix,
-                            'destination', c.destination, 'billed_seconds', c.billed_seconds)))
-                      FROM _rerate_result r WHERE c.id = r.cdr_id AND c.price = r.old_price
+                            'destination', c.destination, 'billed_seconds', c.billed_seconds)
+                            || CASE WHEN r.new_package_seconds IS NULL THEN '{{}}'::jsonb
+                                    ELSE jsonb_build_object('package_seconds', c.package_seconds) END
+                            || CASE WHEN r.extra_patch ? 'cell_rate'
+                                    THEN jsonb_build_object('cell_rate', c.extra -> 'cell_rate')
+                                    ELSE '{{}}'::jsonb END))
+                          || coalesce(r.extra_patch, '{{}}'::jsonb)
+                      FROM _rerate_rows r WHERE c.id = r.cdr_id AND c.price = r.old_price
+                        AND (r.old_package_seconds IS NULL OR c.package_seconds = r.old_package_seconds)
                       RETURNING r.cdr_id, r.account_id, r.old_price, r.new_price)
                     , inserted AS (
                       INSERT INTO {entries} (account_id, kind, amount, idempotency_key, description, cdr_id,
@@ -489,10 +993,21 @@ def rerate_confirm(*, run: RerateRun) -> RerateRun:
             moved, posted, adjusted = cursor.fetchone()
             if moved != copied:  # a price moved under us (another rerate, a late correction): all or nothing
                 raise stale
-        run.status, run.confirmed_at = RerateStatus.CONFIRMED, now
+        for (account_id, package_id, month), used in rerating.counters.items():
+            PackageUsage.objects.filter(account_id=account_id, package_id=package_id, period_start=month).update(
+                used_seconds=used, updated_at=now
+            )
+        run.status, run.confirmed_at, run.finished_at = RerateStatus.CONFIRMED, now, now
+        run.progress_done = run.progress_total = rerating.total
+        run.error_code = run.error = ""
         run.summary = {
             **run.summary,
             "confirmed": {"entries": int(posted), "adjusted": _money(int(adjusted.scaleb(6))), "cdrs": int(moved)},
         }
-        run.save(update_fields=["status", "confirmed_at", "summary", "updated_at"])
+        run.save(
+            update_fields=[
+                "status", "confirmed_at", "finished_at", "progress_done", "progress_total", "error_code", "error",
+                "summary", "updated_at",
+            ]
+        )  # fmt: skip
     return run

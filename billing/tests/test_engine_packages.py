@@ -14,9 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing import rating
+from billing.choices import EntryKind
 from billing.csvformats import parse_asterisk_master_csv
-from billing.models import Account, Cdr, MinutePackage, PackageUsage
-from billing.services import account_create, cdrs_import_bulk, cdrs_ingest
+from billing.models import Account, Cdr, LedgerEntry, MinutePackage, PackageUsage
+from billing.services import account_create, cdrs_import_bulk, cdrs_ingest, cdrs_rate_pending
 from billing.tests.engine_support import engine_operator, in_engine, master_line, tariff_with_deck
 from tests.celery_worker import worker_database_url
 
@@ -151,6 +152,106 @@ def test_a_package_that_does_not_add_up_is_reported_on_the_cdr(packaged, in_sche
         assert cdr.unrated_reason == "minute package Spain 10 is invalid: tier bounds must increase"
 
 
+# Late arrivals (UTC; deck 34 at 0.10/min + 0.02 connect fee, 60/60; package "Spain 2": 2 included minutes, then up to
+# 4 minutes at 0.05, beyond it the deck). Three 2-minute calls in the order they started:
+#   10:00 → included: 0.02;  11:00 → 2 min at 0.05 + 0.02 = 0.12;  12:00 → past the last tier: 0.20 + 0.02 = 0.22.
+LATE_CALLS = {
+    "t10": master_line("t10", "34911234567", "2026-06-02 10:00:00", 120, account="late"),
+    "t11": master_line("t11", "34911234567", "2026-06-02 11:00:00", 120, account="late"),
+    "t12": master_line("t12", "34911234567", "2026-06-02 12:00:00", 120, account="late"),
+}
+
+
+@pytest.fixture
+def late_account(in_schema):
+    with in_schema("demo"):
+        retail = tariff_with_deck("Late retail", DECK)
+        account = account_create(name="Late", code="late", currency="EUR", tariff=retail, kind="postpaid")
+        tiers = [{"up_to_minutes": "4", "rate": "0.05"}]
+        package = MinutePackage.objects.create(name="Spain 2", prefixes=["34"], included_minutes=D(2), tiers=tiers)
+        account.packages.add(package)
+        yield account
+
+
+def _import(path: str, *ids: str) -> None:
+    text = "".join(LATE_CALLS[i] for i in ids)
+    if path == "exact":
+        cdrs_ingest(source="switch", records=parse_asterisk_master_csv(text, tz="UTC"), tz="UTC")
+    else:
+        cdrs_import_bulk(source=io.StringIO(text), tz="UTC", source_name="switch")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["exact", "bulk"])
+def test_a_late_call_resequences_its_period_and_only_appends_to_the_ledger(late_account, in_schema, path):
+    account = late_account
+    with in_schema("demo"):
+        # Given the 10:00 and 12:00 calls imported: 0.02 and 0.12 (the 12:00 call took the tier)
+        _import(path, "t10", "t12")
+        assert dict(Cdr.objects.filter(account=account).values_list("source_id", "price")) == {
+            "t10": D("0.02"),
+            "t12": D("0.12"),
+        }
+        entries_before = list(LedgerEntry.objects.filter(account=account).values_list("id", "amount", "kind"))
+        # When the 11:00 call arrives in a later import
+        _import(path, "t11")
+        # Then all three are priced as if imported in order, and the 12:00 call's charge is corrected by one
+        # adjustment of 0.12 - 0.22 = -0.10, keyed by the call and the late call that moved it
+        cdrs = {c.source_id: c for c in Cdr.objects.filter(account=account)}
+        assert {k: (c.price, c.package_seconds) for k, c in cdrs.items()} == {
+            "t10": (D("0.02"), 120),
+            "t11": (D("0.12"), 120),
+            "t12": (D("0.22"), 0),
+        }
+        assert cdrs["t12"].extra["resequenced"][0] | {"at": None} == {
+            "after": "switch:t11",
+            "at": None,
+            "price": "0.120000",
+            "billed_seconds": 120,
+            "package_seconds": 120,
+        }
+        assert cdrs["t12"].extra["package_parts"] == [{"seconds": 120, "rate": "0.100000", "from": "deck"}]
+        adjustments = LedgerEntry.objects.filter(account=account, kind=EntryKind.ADJUSTMENT)
+        assert list(adjustments.values_list("idempotency_key", "amount", "cdr_id")) == [
+            (f"resequence:{cdrs['t12'].pk}:switch:t11", D("-0.100000"), cdrs["t12"].pk)
+        ]
+        # the ledger was only appended to, and balance = sum of entries = minus the sum of the prices
+        assert all(
+            LedgerEntry.objects.filter(pk=pk, amount=amount, kind=kind).exists() for pk, amount, kind in entries_before
+        )
+        account.refresh_from_db()
+        entries = LedgerEntry.objects.filter(account=account).aggregate(s=Sum("amount"))["s"]
+        assert account.balance == entries == -sum(c.price for c in cdrs.values()) == D("-0.36")
+        # the counter is exact
+        assert PackageUsage.objects.get(account=account).used_seconds == 240
+        # When the late call is imported again, nothing moves
+        _import(path, "t11")
+        assert LedgerEntry.objects.filter(account=account).count() == len(entries_before) + 2
+        assert Account.objects.get(pk=account.pk).balance == D("-0.36")
+
+
+@pytest.mark.django_db
+def test_a_package_call_rated_late_resequences_its_period_too(late_account, in_schema):
+    account = late_account
+    with in_schema("demo"):
+        # Given the 11:00 call kept unrated (no tariff then) while the 10:00 and 12:00 ones were charged
+        _import("exact", "t10", "t12")
+        tariff = account.tariff
+        Account.objects.filter(pk=account.pk).update(tariff=None)
+        _import("exact", "t11")
+        assert Cdr.objects.get(source_id="t11").status == "unrated"
+        # When the tariff is back and the unrated calls are rated
+        Account.objects.filter(pk=account.pk).update(tariff=tariff)
+        assert cdrs_rate_pending(tz="UTC") == 1
+        # Then the period is as if rated in order, and balance = sum of entries
+        prices = dict(Cdr.objects.filter(account=account).values_list("source_id", "price"))
+        assert prices == {"t10": D("0.02"), "t11": D("0.12"), "t12": D("0.22")}
+        account.refresh_from_db()
+        assert account.balance == LedgerEntry.objects.filter(account=account).aggregate(s=Sum("amount"))["s"]
+        assert account.balance == D("-0.36")
+        assert PackageUsage.objects.get(account=account).used_seconds == 240
+
+
 def test_concurrent_imports_for_one_account_never_lose_or_double_count_package_seconds(world, django_db_blocker):
     """Two processes import calls of one account at once, five of them in both: the counter is exact."""
     with django_db_blocker.unblock():
@@ -181,6 +282,11 @@ def test_concurrent_imports_for_one_account_never_lose_or_double_count_package_s
             assert sum(int(o[0]) for o in outputs) == 35 and sum(int(o[1]) for o in outputs) == 5
             usage = PackageUsage.objects.get(account=account, package=package)
             assert usage.used_seconds == 35 * 60
+            # Each call is priced at its true position in call order, however the two imports interleaved (calls
+            # arriving after later ones re-sequence their period): 10 included, then 20 at 0.05, then 0.03.
+            in_order = Cdr.objects.filter(account=account).order_by("start", "source_id")
+            expected = [D("0.02")] * 10 + [D("0.07")] * 20 + [D("0.05")] * 5
+            assert [c.price for c in in_order] == expected
             # 35 one-minute calls: 10 free, 20 at 0.05 = 1.00, 5 at 0.03 = 0.15, plus the deck's 0.02 connect fee on
             # each call (0.70): 1.85 in all, whatever the interleaving (every bound falls between two calls).
             account.refresh_from_db()

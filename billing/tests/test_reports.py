@@ -19,6 +19,7 @@ from billing.choices import EntryKind, RerateStatus
 from billing.models import Cdr, LedgerEntry, Rate, RerateRun, Tariff
 from billing.selectors import account_statement, account_statement_csv, money_line, revenue_report, unrated_report
 from billing.services import account_create, ledger_post
+from billing.tests.test_rerate import rerate_tasks_run
 from conftest import login_as
 
 pytestmark = pytest.mark.django_db
@@ -318,18 +319,25 @@ def whatif_books(world, in_schema):
         yield {"account": account, "tariff": tariff, "cdr": cdr}
 
 
-def test_console_what_if_shows_differences_and_confirms(console, whatif_books, in_schema):
+def test_console_what_if_shows_differences_and_confirms(
+    console, whatif_books, in_schema, django_capture_on_commit_callbacks
+):
     account = whatif_books["account"]
     # Given the what-if form
     assert console.get("/admin/billing/reraterun/add/").status_code == 200
-    # When a what-if of January for the account is run
-    response = console.post(
-        "/admin/billing/reraterun/add/",
-        {"period_from": "2024-01-01", "period_to": "2024-01-31", "account": account.pk, "tariff": ""},
-    )
+    # When a what-if of January for the account is asked for, it is queued and its page follows it
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = console.post(
+            "/admin/billing/reraterun/add/",
+            {"period_from": "2024-01-01", "period_to": "2024-01-31", "account": account.pk, "tariff": ""},
+        )
     assert response.status_code == 302
     with in_schema("demo"):
         run = RerateRun.objects.get(account=account)
+    queued = console.get(response["Location"]).content.decode()
+    assert 'id="rerate-in-progress"' in queued and 'http-equiv="refresh"' in queued and "Spain mobile" not in queued
+    # When the worker has run it
+    rerate_tasks_run(callbacks)
     page = console.get(response["Location"])
     # Then its page shows the difference per destination and a confirm button, and nothing is charged yet
     content = page.content.decode()
@@ -337,9 +345,11 @@ def test_console_what_if_shows_differences_and_confirms(console, whatif_books, i
     assert 'id="confirm-rerate"' in content
     with in_schema("demo"):
         assert not LedgerEntry.objects.filter(account=account).exists()
-    # When confirmed, then the adjustment is posted and the page says so
-    response = console.post(f"/admin/billing/reraterun/{run.pk}/confirm/")
+    # When confirmed (and the worker has run the confirmation), then the adjustment is posted and the page says so
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = console.post(f"/admin/billing/reraterun/{run.pk}/confirm/")
     assert response.status_code == 302
+    rerate_tasks_run(callbacks)
     with in_schema("demo"):
         run.refresh_from_db()
         assert run.status == RerateStatus.CONFIRMED

@@ -17,6 +17,7 @@ from django.contrib.auth import get_user_model
 from billing.choices import EntryKind, TariffKind
 from billing.models import Cdr, LedgerEntry, Rate, Tariff
 from billing.services import account_create, ledger_post
+from billing.tests.test_rerate import rerate_tasks_run
 from core.choices import CustomerKind
 from core.models import Customer
 from core.services import api_key_create, customer_create
@@ -86,12 +87,25 @@ def _preview(client, books, **body):
 # --- rerate -----------------------------------------------------------------------------------------
 
 
-def test_rerate_preview_read_and_confirm(demo_client, books, in_schema):
-    # Given a what-if of January for the account
-    response = _preview(demo_client, books, account=books["acme"].pk)
-    assert response.status_code == 201, response.content
-    run = response.json()
-    assert run["status"] == "draft"
+def _ran(client, books, run_id: int) -> dict:
+    response = client.get(f"/api/v1/billing/rerate/{run_id}", **books["staff"])
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_rerate_preview_is_queued_polled_and_confirmed_in_the_background(
+    demo_client, books, in_schema, django_capture_on_commit_callbacks
+):
+    # Given a what-if of January for the account, queued for a worker
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = _preview(demo_client, books, account=books["acme"].pk)
+    assert response.status_code == 202, response.content
+    queued = response.json()
+    assert (queued["status"], queued["summary"], queued["progress_done"]) == ("queued", None, 0)
+    # When the worker runs it, then polling shows it ready with the differences
+    assert rerate_tasks_run(callbacks) == ["ready"]
+    run = _ran(demo_client, books, queued["id"])
+    assert (run["status"], run["progress_done"], run["progress_total"]) == ("ready", 1, 1)
     [line] = run["summary"]["accounts"]
     assert (line["account_code"], line["old_total"], line["new_total"], line["difference"]) == (
         "api-acme",
@@ -101,33 +115,45 @@ def test_rerate_preview_read_and_confirm(demo_client, books, in_schema):
     )
     assert line["destinations"][0]["destination"] == "Spain mobile"
     assert run["summary"]["confirmed"] is None
-    # When it is read back
-    again = demo_client.get(f"/api/v1/billing/rerate/{run['id']}", **books["staff"])
-    assert again.status_code == 200 and again.json()["summary"] == run["summary"]
-    listed = demo_client.get("/api/v1/billing/rerate?status=draft", **books["staff"]).json()
+    listed = demo_client.get("/api/v1/billing/rerate?status=ready", **books["staff"]).json()
     assert [r["id"] for r in listed["results"]] == [run["id"]]
-    # When it is confirmed (twice)
-    confirmed = demo_client.post(f"/api/v1/billing/rerate/{run['id']}/confirm", **books["staff"])
-    twice = demo_client.post(f"/api/v1/billing/rerate/{run['id']}/confirm", **books["staff"])
-    # Then one adjustment of -0.02 is posted, once
-    assert confirmed.status_code == 200 and confirmed.json()["status"] == "confirmed"
-    assert confirmed.json()["summary"]["confirmed"] == {"entries": 1, "adjusted": "-0.020000", "cdrs": 1}
-    assert twice.status_code == 200 and twice.json()["confirmed_at"] == confirmed.json()["confirmed_at"]
+    # When it is confirmed (twice before the worker gets to it): queued once
+    with django_capture_on_commit_callbacks() as callbacks:
+        confirming = demo_client.post(f"/api/v1/billing/rerate/{run['id']}/confirm", **books["staff"])
+        twice = demo_client.post(f"/api/v1/billing/rerate/{run['id']}/confirm", **books["staff"])
+    assert (confirming.status_code, confirming.json()["status"]) == (202, "confirming")
+    assert (twice.status_code, twice.json()["status"]) == (202, "confirming")
+    assert rerate_tasks_run(callbacks) == ["confirmed"]
+    # Then one adjustment of -0.02 is posted, once, and confirming again answers 200 with the same run
+    confirmed = _ran(demo_client, books, run["id"])
+    assert confirmed["status"] == "confirmed"
+    assert confirmed["summary"]["confirmed"] == {"entries": 1, "adjusted": "-0.020000", "cdrs": 1}
+    again = demo_client.post(f"/api/v1/billing/rerate/{run['id']}/confirm", **books["staff"])
+    assert again.status_code == 200 and again.json()["confirmed_at"] == confirmed["confirmed_at"]
     with in_schema("demo"):
         adjustments = LedgerEntry.objects.filter(account=books["acme"], kind=EntryKind.ADJUSTMENT)
         assert list(adjustments.values_list("amount", flat=True)) == [Decimal("-0.020000")]
 
 
-def test_rerate_under_a_candidate_tariff(demo_client, books, in_schema):
+def test_a_run_not_ready_yet_cannot_be_confirmed(demo_client, books):
+    run = _preview(demo_client, books, account=books["acme"].pk).json()
+    response = demo_client.post(f"/api/v1/billing/rerate/{run['id']}/confirm", **books["staff"])
+    assert response.status_code == 409 and response.json()["error"]["code"] == "rerate_not_ready"
+
+
+def test_rerate_under_a_candidate_tariff(demo_client, books, in_schema, django_capture_on_commit_callbacks):
     # Given a candidate at 0.06/min per second: 30 s → 0.03
     with in_schema("demo"):
         promo = Tariff.objects.create(name="API promo", currency="EUR")
         Rate.objects.create(
             tariff=promo, prefix="34", destination="Spain", rate=Decimal("0.06"), first_increment=1, next_increment=1
         )
-    response = _preview(demo_client, books, tariff=promo.pk)
-    assert response.status_code == 201
-    line = next(a for a in response.json()["summary"]["accounts"] if a["account_code"] == "api-acme")
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = _preview(demo_client, books, tariff=promo.pk)
+    assert response.status_code == 202
+    rerate_tasks_run(callbacks)
+    run = _ran(demo_client, books, response.json()["id"])
+    line = next(a for a in run["summary"]["accounts"] if a["account_code"] == "api-acme")
     assert (line["tariff_name"], line["new_total"], line["difference"]) == ("API promo", "0.030000", "-0.200000")
 
 
@@ -157,13 +183,25 @@ def test_rerate_validation_errors_name_the_field(demo_client, books, in_schema, 
     assert error["code"] == "invalid" and list(error["fields"]) == [field]
 
 
-def test_confirming_a_stale_rerate_is_a_conflict(demo_client, books, in_schema):
-    run = _preview(demo_client, books, account=books["acme"].pk).json()
+def test_confirming_a_stale_rerate_fails_the_run_and_is_then_a_conflict(
+    demo_client, books, in_schema, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks() as callbacks:
+        run = _preview(demo_client, books, account=books["acme"].pk).json()
+    rerate_tasks_run(callbacks)
     with in_schema("demo"):
         Rate.objects.filter(tariff=books["tariff"]).update(rate=Decimal("0.30"))
         books["tariff"].save()
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = demo_client.post(f"/api/v1/billing/rerate/{run['id']}/confirm", **books["staff"])
+    assert response.status_code == 202
+    assert rerate_tasks_run(callbacks) == ["failed"]
+    failed = _ran(demo_client, books, run["id"])
+    assert (failed["status"], failed["error_code"]) == ("failed", "rerate_stale")
     response = demo_client.post(f"/api/v1/billing/rerate/{run['id']}/confirm", **books["staff"])
     assert response.status_code == 409 and response.json()["error"]["code"] == "rerate_stale"
+    with in_schema("demo"):
+        assert not LedgerEntry.objects.filter(kind=EntryKind.ADJUSTMENT, account=books["acme"]).exists()
 
 
 def test_rerate_is_for_staff_only(acme_client, demo_client, books):

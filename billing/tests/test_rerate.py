@@ -38,6 +38,16 @@ from billing.services import rerate as rerate_module
 
 # Each test runs in a rolled-back transaction but the race below, whose two workers must see committed data.
 
+
+def rerate_tasks_run(callbacks) -> list[str]:
+    """Run the rerate tasks the captured on-commit callbacks would send to the worker, here, in the test's
+    transaction (the real task, without the broker round trip; test_rerate_tasks.py uses a real worker)."""
+    return [
+        task.apply(args=[run_id], throw=True).get()
+        for task, run_id in (c.rerate_task for c in callbacks if hasattr(c, "rerate_task"))
+    ]
+
+
 JAN = datetime(2024, 1, 1, tzinfo=UTC)
 FEB = datetime(2024, 2, 1, tzinfo=UTC)
 
@@ -140,7 +150,7 @@ def test_what_if_shows_the_difference_per_account_and_destination_and_touches_no
             "difference": "0.060000",
         }
     ]
-    assert run.status == RerateStatus.DRAFT and run.confirmed_at is None
+    assert run.status == RerateStatus.READY and run.confirmed_at is None
     assert _snapshot() == before
 
 
@@ -249,8 +259,9 @@ def test_bulk_rater_and_scalar_path_give_the_same_what_if(books, monkeypatch):
 
 
 @pytest.mark.django_db
-def test_package_grid_and_tariffless_cdrs_are_skipped_and_counted(books, in_schema):
-    # Given a CDR priced by a minute package, a freephone grid leg, and an account without a tariff
+def test_unnamed_package_cdrs_gridless_legs_and_tariffless_accounts_are_skipped_and_counted(books, in_schema):
+    # Given a CDR with package seconds but no package name (from before packages were named), a freephone grid leg
+    # under a tariff without a grid, and an account without a tariff
     acme = books["acme"]
     _rated_cdr(acme, "p1", "+34911111112", 60, "0", prefix="34", destination="Spain", billed=60, package_seconds=60)
     grid = _rated_cdr(
@@ -272,11 +283,14 @@ def test_package_grid_and_tariffless_cdrs_are_skipped_and_counted(books, in_sche
     skipped = {s["reason"]: s["cdrs"] for s in run.summary["skipped"]}
     rerate_confirm(run=run)
     # Then they are counted with their reason and left as they were
-    assert skipped["priced by a minute package"] == 1
-    assert skipped["freephone leg priced on a class grid"] == 1
-    assert skipped["account has no tariff"] == 1
+    assert skipped == {
+        "priced by a minute package that is not named": 1,
+        "tariff has no class grid": 1,
+        "account has no tariff": 1,
+    }
     assert _account_line(run, "rr-acme")["cdrs"] == 3
     assert "rr-bare" not in {a["account_code"] for a in run.summary["accounts"]}
+    assert run.progress_done == run.progress_total == 6
     grid.refresh_from_db()
     assert grid.price == Decimal("0.03") and "rerated" not in grid.extra
 
@@ -293,7 +307,7 @@ def test_confirming_a_stale_preview_is_refused_and_writes_nothing(books):
         rerate_confirm(run=run)
     # Then nothing is written and the run stays a draft
     assert _snapshot() == before
-    assert RerateRun.objects.get(pk=run.pk).status == RerateStatus.DRAFT
+    assert RerateRun.objects.get(pk=run.pk).status == RerateStatus.READY
 
 
 @pytest.mark.django_db

@@ -1,0 +1,169 @@
+"""Replaying a minute package's period: the prices its calls get when they are applied in the order they started.
+
+One package period is the calls of one account in one package in one calendar month of the operator's zone. Its
+counter (``PackageUsage``) starts at zero on the 1st and moves by each call's ``package_seconds`` in (start,
+source id) order. :func:`package_period_replay` walks such a sequence: a call marked ``reprice`` is priced afresh
+by ``rating.price_with_package`` at the position the calls before it leave (with the deck given); any other call
+keeps its stored rating and moves the position by its stored package seconds. The final position is what the
+counter must hold. Two users:
+
+- ingestion (``ingest.py``), when a call arrives later than calls of its period that started after it
+  (re-sequencing: the late call and the ones after it are priced at their true positions);
+- rerating (``rerate.py``), what-if and confirm of package-priced CDRs under the current or a candidate tariff.
+
+Neither writes a counter here: the callers do, under the counter's row lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import connection
+from django.utils import timezone
+
+from .. import rating
+from ..choices import EntryKind
+from ..models import Account, LedgerEntry
+
+
+@dataclass
+class PackageCall:
+    """One call of a package period: what replay needs, and what it was stored with (``cdr_id`` None: not stored)."""
+
+    start: datetime
+    source_id: str
+    callee: str
+    billsec: int
+    package_seconds: int = 0
+    reprice: bool = False
+    cdr_id: int | None = None
+
+    @property
+    def order(self) -> tuple:
+        return (self.start, self.source_id)
+
+
+@dataclass(frozen=True)
+class PackagePrice:
+    """A package call's rating: what ingestion writes on the CDR (price, billed and package seconds, parts)."""
+
+    price: Decimal
+    billed_seconds: int
+    package_seconds: int
+    prefix: str
+    destination: str
+    parts: list
+
+    @property
+    def extra(self) -> dict:
+        return {"package_parts": self.parts}
+
+
+def package_call_price(
+    rate: rating.Rate, billsec: int, used_seconds: int, package: rating.MinutePackage
+) -> PackagePrice:
+    """Price one call under ``package`` with the counter at ``used_seconds`` (parts as ``extra["package_parts"]``)."""
+    quote = rating.price_with_package(rate, billsec, used_seconds, package)
+    return PackagePrice(
+        price=quote.amount,
+        billed_seconds=quote.billed_seconds,
+        package_seconds=quote.package_seconds,
+        prefix=rate.prefix,
+        destination=rate.destination[:100],
+        parts=[
+            {"seconds": seconds, "rate": str(rate.rate if part_rate is None else part_rate), "from": part_from}
+            for seconds, part_rate in quote.parts
+            for part_from in ["deck" if part_rate is None else "package"]
+        ],
+    )
+
+
+@dataclass
+class Replay:
+    """What a replay gives: per call (in the order given) its new rating, or None when it keeps the stored one
+    (not to re-price, or the deck has no rate for it now); and the counter's final position."""
+
+    prices: list[PackagePrice | None]
+    used_seconds: int
+
+
+def package_period_replay(
+    calls: Sequence[PackageCall],
+    *,
+    package: rating.MinutePackage,
+    deck: rating.RateDeck,
+    tz: str,
+    used_before: int = 0,
+) -> Replay:
+    """Apply ``calls`` (sorted by :attr:`PackageCall.order`) to a counter starting at ``used_before``."""
+    position = used_before
+    prices: list[PackagePrice | None] = []
+    for call in calls:
+        price = None
+        if call.reprice:
+            rate = deck.lookup(number=call.callee, at=call.start, tz=tz)
+            if rate is not None:
+                price = package_call_price(rate, call.billsec, position, package)
+        prices.append(price)
+        position += call.package_seconds if price is None else price.package_seconds
+    return Replay(prices=prices, used_seconds=position)
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """One adjustment entry: ``amount`` is signed as the ledger keeps it (old price - new price)."""
+
+    account_id: int
+    amount: Decimal
+    idempotency_key: str
+    description: str
+    cdr_id: int
+
+
+def accounts_lock(account_ids) -> None:
+    """Lock accounts in id order in one statement (as every bulk charge does), so writers cannot deadlock."""
+    ids = sorted(set(account_ids))
+    if ids:
+        list(Account.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
+
+
+def adjustments_post(adjustments: list[Adjustment]) -> int:
+    """Post adjustment entries (keys seen before are skipped) and move the balances by what was inserted, in the
+    caller's transaction, with the accounts locked in id order first. Returns how many were new."""
+    adjustments = [a for a in adjustments if a.amount]
+    if not adjustments:
+        return 0
+    accounts_lock(a.account_id for a in adjustments)
+    now = timezone.now()
+    from psycopg2.extras import execute_values
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS _package_adjustment (account_id bigint, amount numeric(20,6), "
+            "idempotency_key text, description text, cdr_id bigint) ON COMMIT DELETE ROWS"
+        )
+        cursor.execute("TRUNCATE _package_adjustment")
+        execute_values(
+            cursor,
+            "INSERT INTO _package_adjustment VALUES %s",
+            [(a.account_id, a.amount, a.idempotency_key, a.description[:300], a.cdr_id) for a in adjustments],
+        )
+        cursor.execute(
+            f"""WITH inserted AS (
+                  INSERT INTO {LedgerEntry._meta.db_table}
+                    (account_id, kind, amount, idempotency_key, description, cdr_id, created_at)
+                  SELECT account_id, %s, amount, idempotency_key, description, cdr_id, %s FROM _package_adjustment
+                  ORDER BY idempotency_key
+                  ON CONFLICT (idempotency_key) DO NOTHING
+                  RETURNING account_id, amount)
+                , totals AS (SELECT account_id, sum(amount) AS total, count(*) AS n FROM inserted GROUP BY account_id)
+                , updated AS (
+                  UPDATE {Account._meta.db_table} a SET balance = a.balance + totals.total, updated_at = %s
+                  FROM totals WHERE a.id = totals.account_id RETURNING totals.n)
+                SELECT coalesce(sum(n), 0) FROM updated""",
+            [EntryKind.ADJUSTMENT, now, now],
+        )
+        return int(cursor.fetchone()[0])
