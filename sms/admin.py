@@ -11,6 +11,7 @@ from django.utils.html import format_html
 
 from core.admin import operator_console
 
+from .admin_reports import MessageReportsMixin
 from .choices import ListKind
 from .models import (
     CallbackAttempt,
@@ -283,7 +284,7 @@ class MessagePartInline(ReadOnlyInline):
 
 
 @admin.register(Message, site=operator_console)
-class MessageAdmin(ReadOnlyAdmin):
+class MessageAdmin(MessageReportsMixin, ReadOnlyAdmin):
     list_display = [
         "id",
         "created_at",
@@ -335,3 +336,6 @@ class CallbackBatchAdmin(ReadOnlyAdmin):
     search_fields = ["url"]
     list_select_related = ["customer"]
     inlines = [CallbackAttemptInline]
+
+
+from . import admin_jobs  # noqa: E402, F401  (bulk jobs in the console)

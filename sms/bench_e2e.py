@@ -44,7 +44,8 @@ Figures (``BENCH`` lines; steady step unless named ``overload``):
   drain timeout), ``sms_e2e_charged_twice`` (more than one charge entry or CDR, or more charged than its price, per
   message — SQL over the ledger), ``sms_e2e_sent_uncharged`` (a part accepted by the SMSC, no charge),
   ``sms_e2e_charged_unsent`` (charged, no part accepted by the SMSC, not refunded), ``sms_e2e_bad_signatures``,
-  ``sms_e2e_reserved_left`` (credit still reserved on the client's account), ``sms_e2e_simulator_submits`` vs
+  ``sms_e2e_reserved_left`` (credit still held for messages on the client's account: reserved less what its
+  credit grants hold undrawn), ``sms_e2e_simulator_submits`` vs
   ``sms_e2e_parts_accepted`` (submission is at-least-once: more submits than parts means resubmissions);
 * overload: ``sms_e2e_overload_429_ratio`` (share of requests refused), ``sms_e2e_overload_accepted_per_s`` and
   ``_delivered_per_s``,
@@ -745,13 +746,15 @@ def end_counts(accepted: dict[int, float], endpoint_stats: dict) -> dict[str, in
     parts_accepted = sql("SELECT coalesce(sum(parts), 0) FROM sms_message WHERE id = ANY(%s)", [ids])[0][0]
     reserved, balance, entries_sum = sql(
         """
-        SELECT a.reserved, a.balance, (SELECT sum(amount) FROM billing_ledgerentry e WHERE e.account_id = a.id)
+        SELECT a.reserved - coalesce((SELECT sum(undrawn) FROM billing_reservation r
+                                      WHERE r.account_id = a.id AND r.status = 'held'), 0),
+               a.balance, (SELECT sum(amount) FROM billing_ledgerentry e WHERE e.account_id = a.id)
         FROM billing_account a JOIN sms_smsclient c ON c.account_id = a.id
         """
     )[0]
     statuses = dict(sql("SELECT status, count(*) FROM sms_message GROUP BY status"))
     note(f"messages by status: {statuses}; callback events by status: {endpoint_stats['by_status']}")
-    note(f"account: balance {balance}, sum of its entries {entries_sum}, reserved {reserved}")
+    note(f"account: balance {balance}, sum of its entries {entries_sum}, held for messages {reserved}")
     if missing or stuck or unreported:
         note(f"missing {missing[:5]}, stuck {stuck[:5]}, final without a final callback {unreported[:5]}")
     return {

@@ -32,7 +32,8 @@ What it does
       :func:`sms.receipts.parse_receipt` (TLVs preferred, Appendix B text otherwise) and reported through
       ``on_receipt``; anything else is an MO message, decoded with :func:`sms.encoding.decode` (UDH
       stripped) and reported through ``on_incoming``. **Concatenated MO messages are passed part by part**
-      (one :class:`IncomingMessage` per deliver_sm, in arrival order); reassembly is the caller's.
+      (one :class:`IncomingMessage` per deliver_sm, in arrival order, with ``concat`` and ``body`` set from the
+      UDH or the sar_* TLVs); reassembly is the caller's (``sms.services.incoming``).
       data_sm from the SMSC is handled the same way (message_payload) and answered with data_sm_resp.
     - Every deliver_sm is answered with deliver_sm_resp **after** its callback returned, so a receipt is
       not acknowledged before the caller has it: ESME_ROK if the callback returned, ESME_RX_T_APPN (0x64,
@@ -85,7 +86,7 @@ import smpplib.consts
 import smpplib.exceptions
 import smpplib.smpp
 
-from .encoding import UnsupportedDataCoding, decode
+from .encoding import ESM_CLASS_UDHI, UnsupportedDataCoding, decode, parse_concat, split_udh
 from .receipts import parse_receipt
 from .smpp_server import SmppError, parse_submit_sm, parse_tlvs
 
@@ -128,6 +129,7 @@ TAG_RECEIPTED_MESSAGE_ID = 0x001E
 TAG_NETWORK_ERROR_CODE = 0x0423
 TAG_MESSAGE_PAYLOAD = 0x0424
 TAG_MESSAGE_STATE = 0x0427
+SAR_TAGS = {0x020C: "sar_msg_ref_num", 0x020E: "sar_total_segments", 0x020F: "sar_segment_seqnum"}
 
 ESM_CLASS_TYPE_MASK = 0x3C
 RECEIPT_TYPES = frozenset({0x04, 0x08, 0x20})  # SMSC delivery receipt, SME delivery ack, intermediate notification
@@ -251,6 +253,10 @@ class IncomingMessage:
     text: str
     data_coding: int
     esm_class: int
+    # A part of a concatenated message (UDH IE 0x00/0x08, or the sar_* TLVs): (reference, total, sequence from 1)
+    # and its payload without the UDH, so the caller can join the parts' octets before decoding (sms.services.incoming).
+    concat: tuple[int, int, int] | None = None
+    body: bytes = b""
 
 
 # --- internals ---
@@ -870,12 +876,15 @@ class SmppGateway:
             text = decode(payload, data_coding, esm_class=esm_class)
         except UnsupportedDataCoding:
             text = payload.decode("latin-1")
+        concat, body = _concatenation(payload, esm_class, tlvs)
         message = IncomingMessage(
             source=fields["source"],
             destination=fields["destination"],
             text=text,
             data_coding=data_coding,
             esm_class=esm_class,
+            concat=concat,
+            body=body,
         )
         incoming.append((message, link, sequence, command_id))
 
@@ -1023,6 +1032,7 @@ def _deliver_fields(link: _Link, raw: bytes, command_id: int) -> dict:
                     "receipted_message_id": tlvs.get(TAG_RECEIPTED_MESSAGE_ID),
                     "message_state": tlvs.get(TAG_MESSAGE_STATE),
                     "network_error_code": tlvs.get(TAG_NETWORK_ERROR_CODE),
+                    **{name: tlvs[tag] for tag, name in SAR_TAGS.items() if tag in tlvs},
                 },
             }
     pdu = smpplib.smpp.parse_pdu(raw, client=link.client, allow_unknown_opt_params=True)
@@ -1037,8 +1047,31 @@ def _deliver_fields(link: _Link, raw: bytes, command_id: int) -> dict:
             "receipted_message_id": getattr(pdu, "receipted_message_id", None),
             "message_state": getattr(pdu, "message_state", None),
             "network_error_code": getattr(pdu, "network_error_code", None),
+            **{name: getattr(pdu, name) for name in SAR_TAGS.values() if getattr(pdu, name, None) is not None},
         },
     }
+
+
+def _concatenation(payload: bytes, esm_class: int, tlvs: dict) -> tuple[tuple[int, int, int] | None, bytes]:
+    """(reference, total, sequence) of an MO part and its payload without the UDH; (None, b"") for a whole one."""
+    if esm_class & ESM_CLASS_UDHI:
+        try:
+            udh, body = split_udh(payload)
+        except ValueError:
+            return None, b""
+        info = parse_concat(udh)
+        if info is not None and info.total > 1:
+            return (info.reference, info.total, info.sequence), body
+    if "sar_msg_ref_num" in tlvs and "sar_total_segments" in tlvs and "sar_segment_seqnum" in tlvs:
+        numbers = [_tlv_int(tlvs[name]) for name in SAR_TAGS.values()]
+        if numbers[1] > 1:
+            body = split_udh(payload)[1] if esm_class & ESM_CLASS_UDHI and payload else payload
+            return (numbers[0], numbers[1], numbers[2]), body
+    return None, b""
+
+
+def _tlv_int(value: object) -> int:
+    return int.from_bytes(value, "big") if isinstance(value, bytes) else int(value)
 
 
 def _text(value: object) -> str:

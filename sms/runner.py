@@ -404,7 +404,9 @@ class Runner:
             self._unmatched[pending_key].extend((seen, r) for seen, r in keep if now - seen <= UNMATCHED_RECEIPT_KEEP_S)
 
     def _on_incoming(self, handle: _Handle, messages: list[IncomingMessage]) -> None:
-        rows = [IncomingIn(m.source, m.destination, m.text, m.data_coding, m.esm_class) for m in messages]
+        rows = [
+            IncomingIn(m.source, m.destination, m.text, m.data_coding, m.esm_class, m.concat, m.body) for m in messages
+        ]
         self._write(handle.schema, incoming_record, gateway_id=handle.id, messages=rows, _raise=True)
 
     def _on_state(self, handle: _Handle, state: str) -> None:

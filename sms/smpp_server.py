@@ -677,6 +677,54 @@ class SmscSimulator:
         self._flush_receivers(system_id)
         return message.part_count
 
+    async def send_mo_parts(
+        self,
+        system_id: str,
+        source: str,
+        dest: str,
+        text: str,
+        *,
+        order: list[int] | None = None,
+        reference: int = 7,
+        concat: str = "udh8",
+        force_ucs2: bool = False,
+    ) -> int:
+        """Deliver a long MO as concatenated parts the way handsets and SMSCs vary: ``concat`` is ``"udh8"``
+        (UDH IE 0x00), ``"udh16"`` (IE 0x08, 16-bit reference) or ``"sar"`` (no UDH; sar_msg_ref_num,
+        sar_total_segments, sar_segment_seqnum TLVs). ``order`` lists the part indexes (from 0) to send, in that
+        order, repeats and omissions allowed (duplicates, lost parts). Returns the message's part count."""
+        message = encode(text, force_ucs2=force_ucs2, reference=reference % 256)
+        if message.part_count < 2:
+            raise ValueError("the text fits one part: use send_mo")
+        total = message.part_count
+        for index in range(total) if order is None else order:
+            body = message.parts[index][6:]  # encode's UDH: 05 00 03 ref total seq
+            esm_class, tlv_octets = ESM_CLASS_UDHI, b""
+            if concat == "udh8":
+                short_message = message.parts[index]
+            elif concat == "udh16":
+                short_message = bytes((6, 8, 4, reference >> 8 & 0xFF, reference & 0xFF, total, index + 1)) + body
+            elif concat == "sar":
+                short_message, esm_class = body, 0
+                tlv_octets = (
+                    tlv(0x020C, struct.pack(">H", reference & 0xFFFF))
+                    + tlv(0x020E, bytes((total,)))
+                    + tlv(0x020F, bytes((index + 1,)))
+                )
+            else:
+                raise ValueError(f"concat must be udh8, udh16 or sar, not {concat!r}")
+            deliver = deliver_sm_body(
+                source=address_ton_npi(source),
+                destination=address_ton_npi(dest),
+                esm_class=esm_class,
+                data_coding=message.data_coding,
+                short_message=short_message,
+                tlv_octets=tlv_octets,
+            )
+            self._deliver(system_id, _Deliverable(deliver, is_receipt=False))
+        self._flush_receivers(system_id)
+        return total
+
     # --- internals used by sessions ---
 
     def _authorised(self, system_id: str, password: str) -> bool:

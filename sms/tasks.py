@@ -7,6 +7,8 @@ Queues are named where the tasks are sent (``sms.services.wakeups``), not on the
 - ``sms.callbacks_send`` (queue ``default``): POST due delivery reports.
 - ``sms.maintain`` (every MAINTAIN_EVERY_S for every operator, from beat): recovery, expiry, wake-ups.
 - ``sms.fraud_alert``: tell the operator's staff a fraud limit was hit.
+- ``sms.job_feed`` (queue ``default``): feed a bulk job's rows to acceptance for a time slice (sms.services.jobs);
+  queued when a job starts or resumes, and by ``sms.maintain`` for scheduled jobs that are due and stalled ones.
 Each is safe to run twice.
 """
 
@@ -18,6 +20,8 @@ from config.celery_app import app
 
 from .services.callbacks import callbacks_send_due
 from .services.housekeeping import fraud_alert_send, sms_maintain
+from .services.jobs import job_feed as job_feed_run
+from .services.jobs import job_feed_drained, job_feed_kick, jobs_maintain
 from .services.wakeups import callbacks_drained, callbacks_kick, submission_drained, submission_kick
 
 MAINTAIN_EVERY_S = 5.0
@@ -65,12 +69,24 @@ def maintain() -> dict:
             with schema_context(schema):
                 maintain.apply_async(queue="default", expires=MAINTAIN_EVERY_S)
         return {"fanned_out": len(schemas)}
-    return sms_maintain()
+    return {**sms_maintain(), **jobs_maintain()}
 
 
 @shared_task(name="sms.fraud_alert", ignore_result=True)
 def fraud_alert(*, limit_id: int, customer_id: int, scope: str) -> None:
     fraud_alert_send(limit_id=limit_id, customer_id=customer_id, scope=scope)
+
+
+@shared_task(name="sms.job_feed", ignore_result=True)
+def job_feed(*, job_id: int) -> None:
+    schema = connection.schema_name
+    result = job_feed_run(job_id=job_id)
+    if result.state == "more":
+        job_feed_kick(schema=schema, job_id=job_id, force=True)
+    elif result.state == "wait":
+        job_feed_kick(schema=schema, job_id=job_id, countdown=result.retry_in, force=True)
+    else:
+        job_feed_drained(schema=schema, job_id=job_id)
 
 
 # Every operator, every few seconds (tenant-schemas-celery's beat sends an entry without schemas to all tenants).

@@ -93,6 +93,9 @@ PUBLIC_SCHEMA_NAME = "public"
 # New operators are cloned from this schema instead of running every migration (tenants.services).
 TENANT_BASE_SCHEMA = "template_operator"
 TENANT_CREATION_FAKES_MIGRATIONS = True
+# `SET search_path` once per schema switch, not before every query (a round trip each). Safe with the installed
+# django-tenants: it forgets the setting on ROLLBACK and ROLLBACK TO SAVEPOINT, which revert a SET in PostgreSQL.
+TENANT_LIMIT_SET_CALLS = True
 DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
 
 DATABASES = {"default": database_from_url(DATABASE_URL)}
@@ -227,12 +230,29 @@ CHANNEL_LAYERS = {
     }
 }
 
+# --- Network safety ------------------------------------------------------------------------
+# Proxies (load balancers, ingress) allowed to tell the client's address in X-Forwarded-For: networks, comma-separated
+# (e.g. "10.0.0.0/8,192.168.1.10"). Empty: the direct peer is the client and X-Forwarded-For is ignored. Read by
+# core.net.client_ip (IP allow-lists of API clients).
+TRUSTED_PROXIES = [n.strip() for n in (env("TRUSTED_PROXIES") or "").split(",") if n.strip()]
+# Delivery-report callbacks (sms.services.callbacks) may reach loopback, private, link-local, multicast and reserved
+# addresses only when this is on: off in production, so a client's callback URL cannot probe the platform's own
+# network (SSRF). local.py and test.py turn it on (their callback receivers listen on 127.0.0.1).
+SMS_CALLBACK_ALLOW_PRIVATE = env_bool("SMS_CALLBACK_ALLOW_PRIVATE", False)
+# A concatenated MO message whose parts do not all arrive within this many seconds is stored as what arrived,
+# marked incomplete (sms.services.incoming).
+SMS_MO_REASSEMBLY_S = int(env("SMS_MO_REASSEMBLY_S", "600"))
+
 # --- Money ----------------------------------------------------------------------------------
 # Ledger entries and CDR prices keep full precision (6 decimals); statements, invoices and reports round
 # each line once, half-up, to this many decimal places: a line is the exact sum of its records rounded once
 # (5 SMS of 0.005 → 0.025 → 0.03, not 5 × 0.01), and totals are rounded from exact sums, never added up from
 # rounded lines (billing/selectors/reports.py).
 MONEY_LINE_DECIMAL_PLACES = int(env("MONEY_LINE_DECIMAL_PLACES", "2"))
+# Credit grants (billing.services.grants): a busy customer's holds draw from grants of this many uses' worth
+# instead of each locking its account row; undrawn credit of a grant idle this long goes back to the account.
+BILLING_GRANT_USES = int(env("BILLING_GRANT_USES", "50"))
+BILLING_GRANT_IDLE_S = int(env("BILLING_GRANT_IDLE_S", "60"))
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False

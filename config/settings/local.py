@@ -14,3 +14,4 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+SMS_CALLBACK_ALLOW_PRIVATE = True  # callback receivers of development and tests listen on 127.0.0.1

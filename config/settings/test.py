@@ -14,7 +14,8 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
-CACHES["default"]["KEY_PREFIX"] = "test"  # noqa: F405
+# Per test database, so parallel runs (OC_TEST_DB) never share throttle counters.
+CACHES["default"]["KEY_PREFIX"] = "test:" + env("OC_TEST_DB", "opencarrier")  # noqa: F405
 CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = "oc:test:ws"  # noqa: F405
 # A broker database of their own, so a `make run` worker on the same embedded Redis never takes test tasks;
 # tests read task results back (the platform itself does not keep them).
@@ -25,3 +26,4 @@ CELERY_BROKER_URL = (  # noqa: F405
 )
 CELERY_RESULT_BACKEND = CELERY_BROKER_URL
 DATABASES["default"].setdefault("TEST", {})["NAME"] = "test_" + env("OC_TEST_DB", "opencarrier")  # noqa: F405
+SMS_CALLBACK_ALLOW_PRIVATE = True  # callback receivers of development and tests listen on 127.0.0.1

@@ -23,6 +23,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from core.net import client_ip
+
 log = logging.getLogger(__name__)
 
 PATHS = frozenset({"/api/v1/sms/messages", "/api/v1/sms/messages/"})
@@ -101,9 +103,8 @@ def sms_send_fast_path(app):
             if size > MAX_BODY:
                 return await app(scope, _replay(chunks, more, receive), send)
         host = headers.get(b"host", b"").decode("latin-1").split(":")[0].lower().rstrip(".")
-        client = scope.get("client")
         status, payload, extra = await asyncio.get_running_loop().run_in_executor(
-            _senders(), _answer, host, authorization[1], b"".join(chunks), client[0] if client else None
+            _senders(), _answer, host, authorization[1], b"".join(chunks), client_ip(scope)
         )
         body = json.dumps(payload).encode()
         response_headers = [

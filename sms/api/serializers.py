@@ -17,6 +17,7 @@ from ..models import (
     SmsClient,
     SpamRule,
 )
+from ..services.callbacks import callback_url_problem
 
 
 def choice(choices, **kwargs) -> serializers.ChoiceField:
@@ -29,6 +30,14 @@ def choice(choices, **kwargs) -> serializers.ChoiceField:
         pass
 
     return DescribedChoiceField(choices=choices.choices, **kwargs)
+
+
+def _callback_url_checked(url: str) -> str:
+    """A client's callback URL: http(s), no credentials, not the platform's own network (sms.services.callbacks)."""
+    problem = callback_url_problem(url, resolve=True) if url else None
+    if problem:
+        raise serializers.ValidationError(problem)
+    return url
 
 
 # --- sending (documentation of the request; the service validates it, fast, for up to 10,000 recipients) ---
@@ -260,6 +269,9 @@ class SmsClientSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["customer", "account", "callback_secret", "created_at", "updated_at"]
 
+    def validate_callback_url(self, url: str) -> str:
+        return _callback_url_checked(url)
+
     def validate_default_route(self, route):
         if (
             route is not None
@@ -294,6 +306,9 @@ class SmsClientCreateSerializer(serializers.ModelSerializer):
             "duplicate_window_s",
             "callback_url",
         ]
+
+    def validate_callback_url(self, url: str) -> str:
+        return _callback_url_checked(url)
 
 
 class GatewaySerializer(serializers.ModelSerializer):

@@ -25,6 +25,7 @@ from core.api.authentication import ApiKeyAuthentication
 from core.api.errors import Conflict
 from core.api.permissions import IsOperatorStaff, StaffWritesCustomersRead
 from core.api.viewsets import CustomerScopedMixin
+from core.net import client_ip
 from core.selectors import api_key_find, customer_for_user
 from core.services import api_key_touch
 
@@ -73,7 +74,7 @@ def send_answer(*, customer, payload, remote_ip: str | None) -> tuple[int, dict,
 
 def _send(request, payload) -> Response:
     status_code, body, headers = send_answer(
-        customer=customer_for_user(user=request.user), payload=payload, remote_ip=request.META.get("REMOTE_ADDR")
+        customer=customer_for_user(user=request.user), payload=payload, remote_ip=client_ip(request.META)
     )
     return Response(body, status=status_code, headers=dict(headers))
 

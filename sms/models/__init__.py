@@ -2,6 +2,7 @@
 
 from .clients import SmsClient
 from .filters import FraudLimit, ListEntry, SpamRule
+from .jobs import JobRowOutcome, JobStatus, SmsJob, SmsJobRow
 from .messages import CallbackAttempt, CallbackBatch, IncomingMessage, Message, MessageEvent, MessagePart
 from .routing import Gateway, NumberPrefix, Route
 
@@ -11,6 +12,8 @@ __all__ = [
     "FraudLimit",
     "Gateway",
     "IncomingMessage",
+    "JobRowOutcome",
+    "JobStatus",
     "ListEntry",
     "Message",
     "MessageEvent",
@@ -18,5 +21,7 @@ __all__ = [
     "NumberPrefix",
     "Route",
     "SmsClient",
+    "SmsJob",
+    "SmsJobRow",
     "SpamRule",
 ]

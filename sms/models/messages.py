@@ -71,6 +71,9 @@ class Message(models.Model):
     country = models.CharField(max_length=2, blank=True)
     mobile_operator = models.CharField(max_length=80, blank=True)
     reservation = models.ForeignKey(Reservation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    job = models.ForeignKey(
+        "sms.SmsJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="messages", db_index=False
+    )
     charged_at = models.DateTimeField(null=True, blank=True, help_text="When its charge was posted to the ledger.")
     refunded_at = models.DateTimeField(null=True, blank=True)
     claimed_by = models.CharField(max_length=40, blank=True, help_text="The submitter process working on it.")
@@ -94,6 +97,7 @@ class Message(models.Model):
             models.Index(fields=["not_before", "id"], name="sms_msg_due", condition=Q(status="accepted")),
             models.Index(fields=["valid_until"], name="sms_msg_accepted_validity", condition=Q(status="accepted")),
             models.Index(fields=["claimed_by"], name="sms_msg_submitting", condition=Q(status="submitting")),
+            models.Index(fields=["job", "status"], name="sms_msg_job", condition=Q(job__isnull=False)),
         ]
 
     def __str__(self) -> str:

@@ -17,8 +17,8 @@ The order of the checks, and what each answers:
 3. the client's queue must have room (429) and its TPS allow the request (429 with Retry-After);
 4. filters, per message (a refused message is stored as ``rejected`` with its reason, and not charged): no route,
    blacklist, do-not-disturb, opt-out, spam rule, duplicate, fraud limit;
-5. one credit reservation for the whole request's price (402 with the balance when it does not fit: then nothing is
-   stored at all);
+5. credit for the whole request's price, drawn from the client's credit grants (402 with the balance when it does not
+   fit: then nothing is stored at all);
 6. one bulk insert of the messages and their first events; after commit, one wake-up of the submitters.
 """
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import uuid
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -40,7 +41,7 @@ from django.utils.dateparse import parse_datetime
 from psycopg2.extras import execute_values
 
 from billing.models import Account
-from billing.services import InsufficientCredit, reservation_hold_quick, reservation_id_next
+from billing.services import InsufficientCredit, credit_draw
 
 from ..choices import EventStatus, MessageStatus, RejectReason
 from ..encoding import MessageTooLong, count_parts
@@ -48,6 +49,7 @@ from ..kv import gcra, key, kv
 from ..models import ListEntry, Message, MessageEvent
 from ..numbers import InvalidNumber, ParsedNumber, number_parse, sender_is_valid
 from ..selectors import ClientSpec, SmsConfig, queue_depths, sms_config_get
+from .callbacks import callback_url_problem
 from .events import NewEvent, events_record
 from .fraud import FraudCandidate, FraudOutcome, fraud_alert_once, fraud_check
 
@@ -57,6 +59,7 @@ MIN_VALIDITY_S = 60
 MAX_VALIDITY_S = 7 * 24 * 3600
 MAX_SCHEDULE_AHEAD = timedelta(days=365)
 QUEUE_DEPTH_CACHE_S = 1
+DUPLICATE_LOCK_BUCKETS = 1024
 MESSAGE_FIELDS = ("to", "from", "text", "callback_url", "validity", "scheduled_at", "client_reference")
 LIST_REASONS = (
     ("blacklist", RejectReason.BLACKLIST),
@@ -152,8 +155,9 @@ def messages_accept(
     drafts = _drafts_parse(payload, client=client, config=config, now=now)
     _admit(schema=schema, client=client, count=len(drafts), now=now)
     _route_and_price(drafts, client=client, config=config)
-    # One cursor for the request's statements: in a tenant schema each new cursor costs a `SET search_path`.
-    with connection.cursor() as cursor:
+    # One transaction from the filters to the commit: the duplicate check's locks are held until the messages it
+    # let through are stored.
+    with transaction.atomic(), connection.cursor() as cursor:
         _filter(drafts, client=client, config=config, now=now, cursor=cursor)
         candidates = [
             FraudCandidate(d.position, d.sender, d.number.mobile_operator, d.price) for d in drafts if not d.reject_code
@@ -288,7 +292,10 @@ def _fields_check(values: dict, *, client: ClientSpec, config: SmsConfig, now: d
         except ValidationError:
             errors["callback_url"] = ["Give an http or https URL of at most 500 characters."]
         else:
-            clean["callback_url"] = url
+            if problem := callback_url_problem(url):  # the SSRF guard (no DNS lookup here: see callbacks)
+                errors["callback_url"] = [problem]
+            else:
+                clean["callback_url"] = url
     if values.get("validity") is not None:
         validity = values["validity"]
         if (
@@ -411,6 +418,13 @@ def _filter(drafts: list[Draft], *, client: ClientSpec, config: SmsConfig, now: 
     spam_verdicts: dict[str, str | None] = {}
     recent: set[tuple[str, str]] = set()
     if client.duplicate_window_s:
+        # Requests of one client to the same numbers take their turn here until they commit, so two at once cannot
+        # both find no earlier copy: a transaction lock per (client, bucket of numbers), taken in bucket order.
+        buckets = sorted({zlib.crc32(number.encode()) % DUPLICATE_LOCK_BUCKETS for number in numbers})
+        cursor.execute(
+            "SELECT count(pg_advisory_xact_lock(%s, bucket)) FROM unnest(%s::int[]) AS bucket",
+            [client.customer_id, buckets],
+        )
         since = now - timedelta(seconds=client.duplicate_window_s)
         recent = set(
             Message.objects.filter(customer_id=client.customer_id, destination__in=numbers, created_at__gte=since)
@@ -547,10 +561,21 @@ def _store(
             )
         )
     accepted = [m for m in messages if m.status == MessageStatus.ACCEPTED]
-    with transaction.atomic():
-        # The messages are written first and credit held last, so the account row is locked only for the hold
-        # and the commit, not while the request's rows are written (foreign keys are checked at commit).
-        reservation_id = reservation_id_next(cursor=cursor) if total > 0 else None
+    with transaction.atomic(savepoint=False):  # the caller's transaction (no savepoint round trips)
+        # Credit is drawn from one of the account's credit grants (billing.services.grants): concurrent requests of
+        # one client take different grants and do not queue on its account row.
+        reservation_id = None
+        if total > 0:
+            try:
+                reservation_id = credit_draw(
+                    account_id=client.account_id,
+                    amount=total,
+                    use_ends_at=max(m.valid_until for m in accepted),
+                    key=f"sms:request:{request_id}",
+                    cursor=cursor,
+                )
+            except InsufficientCredit as exc:
+                raise CreditInsufficient(account=exc.account, needed=total) from exc
         rows = []
         for draft, m in zip(drafts, messages, strict=True):
             chain = draft.route_chain
@@ -593,18 +618,6 @@ def _store(
             )
         for m, message_id in zip(messages, _messages_insert(rows, cursor=cursor), strict=True):
             m.id = message_id
-        if reservation_id is not None:
-            try:
-                reservation_hold_quick(
-                    account_id=client.account_id,
-                    amount=total,
-                    idempotency_key=f"sms:request:{request_id}",
-                    expires_at=max(m.valid_until for m in accepted) + timedelta(hours=1),
-                    cursor=cursor,
-                    reservation_id=reservation_id,
-                )
-            except InsufficientCredit as exc:
-                raise CreditInsufficient(account=exc.account, needed=total) from exc
         refused = [m for m in messages if m.status == MessageStatus.REJECTED]
         if refused:
             events_record(

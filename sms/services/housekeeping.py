@@ -17,6 +17,7 @@ from core.models import Customer
 from ..choices import CallbackState
 from ..kv import runner_alive
 from ..models import CallbackBatch, FraudLimit, Message
+from .incoming import incoming_parts_expire
 from .submission import messages_expire, submissions_recover
 from .wakeups import callbacks_kick, submission_kick
 
@@ -39,6 +40,7 @@ def sms_maintain(*, now: datetime | None = None) -> dict:
     pending = CallbackBatch.objects.filter(state=CallbackState.PENDING)
     if pending.filter(next_attempt_at__lte=now).exists():
         callbacks_kick(schema=schema, force=pending.filter(next_attempt_at__lte=stale).exists())
+    incoming_parts_expire()  # long MO messages whose parts stopped arriving: stored as what arrived
     return {"recovered": recovered, "expired": expired}
 
 

@@ -36,6 +36,7 @@ from ..receipts import message_id_variants, normalise_message_id
 from ..selectors import SmsConfig, sms_config_get
 from .bulk import rows_insert, rows_update
 from .events import NewEvent, events_record
+from .incoming import incoming_parts_join, incoming_parts_release
 
 log = logging.getLogger(__name__)
 
@@ -742,6 +743,8 @@ class IncomingIn:
     text: str
     data_coding: int
     esm_class: int
+    concat: tuple[int, int, int] | None = None  # a part of a long MO: (reference, total, sequence); see incoming.py
+    body: bytes = b""
 
 
 def _e164(address: str) -> str:
@@ -752,7 +755,10 @@ def _e164(address: str) -> str:
 def incoming_record(*, gateway_id: int | None, messages: list[IncomingIn]) -> list[IncomingMessage]:
     """Store MO messages. Each is attributed to the client owning the sender id it was sent to, else to the client
     that last texted the subscriber; a STOP (or UNSUBSCRIBE, CANCEL…) puts the subscriber on that client's
-    opt-out list."""
+    opt-out list. Parts of a long MO are held until the message is whole (sms.services.incoming)."""
+    if not messages:
+        return []
+    messages, joined = incoming_parts_join(gateway_id=gateway_id, messages=messages)
     if not messages:
         return []
     config = sms_config_get()
@@ -802,6 +808,8 @@ def incoming_record(*, gateway_id: int | None, messages: list[IncomingIn]) -> li
         IncomingMessage.objects.bulk_create(rows)
         if opt_outs:
             ListEntry.objects.bulk_create(opt_outs, ignore_conflicts=True)
+        if joined:
+            transaction.on_commit(lambda: incoming_parts_release(joined))
     return rows
 
 

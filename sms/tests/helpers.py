@@ -6,6 +6,17 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+def held_for_messages(account):
+    """Credit the account holds for messages: its reserved amount less what its credit grants hold undrawn."""
+    from django.db.models import Sum
+
+    from billing.models import Reservation
+
+    account.refresh_from_db()
+    undrawn = Reservation.objects.filter(account=account, status="held").aggregate(s=Sum("undrawn"))["s"]
+    return account.reserved - (undrawn or 0)
+
+
 def wait_until(condition, *, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
     """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -3,9 +3,11 @@
 from decimal import Decimal
 
 import pytest
+from django.conf import settings
 
 from billing.models import Account, Reservation
 from sms.models import Message, MessageEvent
+from sms.tests.helpers import held_for_messages
 
 pytestmark = pytest.mark.django_db
 
@@ -30,8 +32,11 @@ def test_one_message_is_accepted_priced_and_reserved(demo_client, sms_world, in_
         assert stored.country == "ES" and stored.mobile_operator
         assert stored.route_id == sms_world.route.pk and stored.cost == Decimal("0.02")
         account = Account.objects.get(pk=sms_world.client.account_id)
-        assert account.reserved == Decimal("0.05") and account.balance == Decimal("100")
-        assert Reservation.objects.get(pk=stored.reservation_id).amount == Decimal("0.05")
+        assert held_for_messages(account) == Decimal("0.05") and account.balance == Decimal("100")
+        # drawn from a credit grant of BILLING_GRANT_USES requests' worth (billing.services.grants)
+        grant = Reservation.objects.get(pk=stored.reservation_id)
+        assert grant.amount == Decimal("0.05") * settings.BILLING_GRANT_USES == account.reserved
+        assert grant.amount - grant.undrawn == Decimal("0.05")
         assert list(MessageEvent.objects.filter(message=stored).values_list("status", flat=True)) == ["accepted"]
 
 

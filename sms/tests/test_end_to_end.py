@@ -17,7 +17,7 @@ from sms.smpp_server import SmscSimulatorThread
 from tests.celery_worker import celery_worker
 
 from .conftest import SmsWorld, operator_for_tests, sms_world_make
-from .helpers import CallbackServer, wait_until
+from .helpers import CallbackServer, held_for_messages, wait_until
 
 SCHEMA = "s1e2e"
 
@@ -75,7 +75,7 @@ def test_a_message_is_submitted_delivered_charged_and_reported(e2e, django_db_bl
             cdr = Cdr.objects.get(source="sms", source_id=str(message.pk))
             assert (cdr.service, cdr.units, cdr.price, cdr.cost) == ("sms", 2, Decimal("0.1"), Decimal("0.04"))
             account = Account.objects.get(pk=world.client.account_id)
-            assert account.reserved == 0
+            assert held_for_messages(account) == 0
             assert (
                 account.balance
                 == Decimal("99.9")

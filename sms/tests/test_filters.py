@@ -12,6 +12,7 @@ from billing.models import Account
 from core.live import live_group
 from sms.models import FraudLimit, ListEntry, Message, MessageEvent, SpamRule
 from sms.services import fraud_alert_send
+from sms.tests.helpers import held_for_messages
 
 pytestmark = pytest.mark.django_db
 
@@ -28,7 +29,7 @@ def statuses(body) -> list[tuple[str, str]]:
 
 def held(in_schema, world) -> Decimal:
     with in_schema("demo"):
-        return Account.objects.get(pk=world.client.account_id).reserved
+        return held_for_messages(Account.objects.get(pk=world.client.account_id))
 
 
 @pytest.mark.parametrize(("kind", "code"), [("blacklist", "blacklisted"), ("dnd", "dnd"), ("optout", "opted_out")])

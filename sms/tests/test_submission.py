@@ -17,6 +17,7 @@ from sms.services import (
     submission_results_record,
 )
 from sms.services.submission import IncomingIn, MessageOutcome, PartOutcome, ReceiptIn
+from sms.tests.helpers import held_for_messages
 
 pytestmark = pytest.mark.django_db
 
@@ -69,8 +70,8 @@ def test_claiming_charges_each_message_once_with_a_cdr(demo_client, sms_world, i
             sms_world.client.account_id,
         )
         acc = account(sms_world)
-        assert acc.balance == Decimal("99.9") == entries_sum(acc) and acc.reserved == 0
-        assert Reservation.objects.get(pk=message.reservation_id).status == "committed"
+        assert acc.balance == Decimal("99.9") == entries_sum(acc) and held_for_messages(acc) == 0
+        assert Reservation.objects.get(pk=message.reservation_id).committed_amount == Decimal("0.1")
         # and when a dead submitter's message is claimed again, it is not charged again
         Message.objects.filter(pk=message_id).update(status="accepted", claimed_by="")
         (again,) = claim()
@@ -85,7 +86,7 @@ def test_a_message_past_its_validity_at_claim_expires_and_its_credit_is_released
         message = Message.objects.get(pk=message_id)
         assert (message.status, message.error_code, message.charged_at) == ("expired", "validity", None)
         acc = account(sms_world)
-        assert acc.reserved == 0 and acc.balance == Decimal("100")
+        assert held_for_messages(acc) == 0 and acc.balance == Decimal("100")
         assert list(MessageEvent.objects.filter(message=message).values_list("status", flat=True)) == [
             "accepted",
             "expired",
@@ -109,7 +110,7 @@ def test_the_periodic_expiry_returns_the_credit_of_queued_messages(demo_client, 
         assert messages_expire(now=timezone.now() + timedelta(minutes=10)) == 1
         # Then the expired one's 0.05 is no longer held, the other's still is; nothing was charged
         acc = account(sms_world)
-        assert acc.reserved == Decimal("0.05") and acc.balance == Decimal("100")
+        assert held_for_messages(acc) == Decimal("0.05") and acc.balance == Decimal("100")
         assert Message.objects.get(text="short").status == "expired"
         assert Message.objects.get(text="long").status == "accepted"
 
