@@ -67,7 +67,8 @@ def credit_draw(*, account_id: int, amount: Decimal, use_ends_at: datetime, key:
     if not connection.in_atomic_block:
         raise RuntimeError("credit_draw runs in the caller's transaction")
     with connection.cursor() if cursor is None else _borrowed(cursor) as cursor:
-        if use_ends_at + GRANT_MARGIN > timezone.now() + grant_lifetime():  # outlives any grant: a hold of its own
+
+        def hold_alone() -> int:
             return reservation_hold_quick(
                 account_id=account_id,
                 amount=amount,
@@ -75,29 +76,31 @@ def credit_draw(*, account_id: int, amount: Decimal, use_ends_at: datetime, key:
                 expires_at=use_ends_at + GRANT_MARGIN,
                 cursor=cursor,
             )
+
+        if use_ends_at + GRANT_MARGIN > timezone.now() + grant_lifetime():  # outlives any grant
+            return hold_alone()
         drawn = _draw(cursor, account_id=account_id, amount=amount, use_ends_at=use_ends_at)
         if drawn is not None:
             return drawn
-        with transaction.atomic():  # a savepoint: a grant that does not fit leaves no account lock behind
-            opened = _grant_open(cursor, account_id=account_id, amount=amount)
-        if opened is not None:
-            return opened
+        try:
+            with transaction.atomic():  # a savepoint, rolled back when no grant fits: no account lock is left
+                return _grant_open(cursor, account_id=account_id, amount=amount)
+        except _NoRoom:
+            pass
         # A grant another request opened meanwhile is seen once it commits (the hold waits for its account lock):
         # give back again then, so credit idle in grants never turns the request away.
         for attempt in range(GIVE_BACK_ATTEMPTS):
             _grants_give_back(cursor, account_ids=[account_id])
             try:
-                return reservation_hold_quick(
-                    account_id=account_id,
-                    amount=amount,
-                    idempotency_key=key,
-                    expires_at=use_ends_at + GRANT_MARGIN,
-                    cursor=cursor,
-                )
+                return hold_alone()
             except InsufficientCredit:
                 if attempt == GIVE_BACK_ATTEMPTS - 1 or not _grants_undrawn(cursor, account_id=account_id):
                     raise
         raise AssertionError("unreachable")
+
+
+class _NoRoom(Exception):
+    """The free credit does not cover the amount: no grant opened."""
 
 
 class _borrowed:
@@ -131,8 +134,8 @@ def _draw(cursor, *, account_id: int, amount: Decimal, use_ends_at: datetime) ->
     return row[0] if row else None
 
 
-def _grant_open(cursor, *, account_id: int, amount: Decimal) -> int | None:
-    """A new grant of up to GRANT_USES × amount (at least the amount) with the amount drawn; None if none fits."""
+def _grant_open(cursor, *, account_id: int, amount: Decimal) -> int:
+    """A new grant of up to GRANT_USES × amount (at least the amount) with the amount drawn; _NoRoom if none fits."""
     accounts, reservations = Account._meta.db_table, Reservation._meta.db_table
     cursor.execute(
         f"""WITH account AS (
@@ -161,7 +164,9 @@ def _grant_open(cursor, *, account_id: int, amount: Decimal) -> int | None:
         },
     )
     row = cursor.fetchone()
-    return row[0] if row else None
+    if row is None:
+        raise _NoRoom
+    return row[0]
 
 
 def _grants_give_back(cursor, *, account_ids: list[int], idle_before: datetime | None = None) -> int:

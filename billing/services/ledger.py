@@ -93,37 +93,48 @@ class BulkCharge:
 
 
 def ledger_charge_many(charges: list[BulkCharge]) -> int:
-    """Post many charges at once (CDR import): keys seen before are skipped. Returns how many were new.
+    """Post many charges at once (CDR import): keys seen before are skipped. Returns how many were new."""
+    return ledger_entries_post(
+        kind=EntryKind.CHARGE,
+        entries=[(c.account_id, -c.amount, c.idempotency_key, c.description, c.cdr_id) for c in charges],
+    )
 
-    One INSERT … ON CONFLICT DO NOTHING for the entries and one UPDATE per account from what was
-    actually inserted, in one transaction, so balance = sum of entries holds here too.
+
+def ledger_entries_post(*, kind: str, entries: list[tuple]) -> int:
+    """Post many entries of one kind: ``(account id, signed amount, idempotency key, description, cdr id)`` each.
+    Keys seen before are skipped. Returns how many were new.
+
+    One INSERT … ON CONFLICT DO NOTHING for the entries and one UPDATE per account from what was actually inserted,
+    in one transaction (the caller's, if any), with the accounts locked in id order first, so two posters of
+    overlapping accounts cannot deadlock and balance = sum of entries holds.
     """
-    if not charges:
+    if not entries:
         return 0
+    from psycopg2.extras import execute_values
+
     now = timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:
-        table = LedgerEntry._meta.db_table
         cursor.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS _bulk_charge (account_id bigint, amount numeric(20,6), "
+            "CREATE TEMP TABLE IF NOT EXISTS _ledger_post (account_id bigint, amount numeric(20,6), "
             "idempotency_key text, description text, cdr_id bigint) ON COMMIT DELETE ROWS"
         )
-        from psycopg2.extras import execute_values
-
+        cursor.execute("TRUNCATE _ledger_post")
         execute_values(
             cursor,
-            "INSERT INTO _bulk_charge VALUES %s",
-            [(c.account_id, -c.amount, c.idempotency_key, c.description, c.cdr_id) for c in charges],
+            "INSERT INTO _ledger_post VALUES %s",
+            [(account, amount, key, description[:300], cdr) for account, amount, key, description, cdr in entries],
             page_size=10000,
         )
-        # Lock the accounts in id order first: two imports charging overlapping accounts cannot deadlock.
         cursor.execute(
-            f"SELECT id FROM {Account._meta.db_table} WHERE id IN (SELECT DISTINCT account_id FROM _bulk_charge) "
+            f"SELECT id FROM {Account._meta.db_table} WHERE id IN (SELECT DISTINCT account_id FROM _ledger_post) "
             "ORDER BY id FOR UPDATE"
         )
         cursor.execute(
             f"""WITH inserted AS (
-                  INSERT INTO {table} (account_id, kind, amount, idempotency_key, description, cdr_id, created_at)
-                  SELECT account_id, %s, amount, idempotency_key, description, cdr_id, %s FROM _bulk_charge
+                  INSERT INTO {LedgerEntry._meta.db_table}
+                    (account_id, kind, amount, idempotency_key, description, cdr_id, created_at)
+                  SELECT account_id, %s, amount, idempotency_key, description, cdr_id, %s FROM _ledger_post
+                  ORDER BY idempotency_key
                   ON CONFLICT (idempotency_key) DO NOTHING
                   RETURNING account_id, amount)
                 , totals AS (SELECT account_id, sum(amount) AS total, count(*) AS n FROM inserted GROUP BY account_id)
@@ -131,7 +142,7 @@ def ledger_charge_many(charges: list[BulkCharge]) -> int:
                   UPDATE {Account._meta.db_table} a SET balance = a.balance + totals.total, updated_at = %s
                   FROM totals WHERE a.id = totals.account_id RETURNING totals.n)
                 SELECT coalesce(sum(n), 0) FROM updated""",
-            [EntryKind.CHARGE, now, now],
+            [kind, now, now],
         )
         return int(cursor.fetchone()[0])
 

@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import connection
-from django.utils import timezone
-
 from .. import rating
 from ..choices import EntryKind
-from ..models import Account, LedgerEntry
+from ..models import Account
+from .ledger import ledger_entries_post
 
 
 @dataclass
@@ -133,37 +131,7 @@ def accounts_lock(account_ids) -> None:
 def adjustments_post(adjustments: list[Adjustment]) -> int:
     """Post adjustment entries (keys seen before are skipped) and move the balances by what was inserted, in the
     caller's transaction, with the accounts locked in id order first. Returns how many were new."""
-    adjustments = [a for a in adjustments if a.amount]
-    if not adjustments:
-        return 0
-    accounts_lock(a.account_id for a in adjustments)
-    now = timezone.now()
-    from psycopg2.extras import execute_values
-
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS _package_adjustment (account_id bigint, amount numeric(20,6), "
-            "idempotency_key text, description text, cdr_id bigint) ON COMMIT DELETE ROWS"
-        )
-        cursor.execute("TRUNCATE _package_adjustment")
-        execute_values(
-            cursor,
-            "INSERT INTO _package_adjustment VALUES %s",
-            [(a.account_id, a.amount, a.idempotency_key, a.description[:300], a.cdr_id) for a in adjustments],
-        )
-        cursor.execute(
-            f"""WITH inserted AS (
-                  INSERT INTO {LedgerEntry._meta.db_table}
-                    (account_id, kind, amount, idempotency_key, description, cdr_id, created_at)
-                  SELECT account_id, %s, amount, idempotency_key, description, cdr_id, %s FROM _package_adjustment
-                  ORDER BY idempotency_key
-                  ON CONFLICT (idempotency_key) DO NOTHING
-                  RETURNING account_id, amount)
-                , totals AS (SELECT account_id, sum(amount) AS total, count(*) AS n FROM inserted GROUP BY account_id)
-                , updated AS (
-                  UPDATE {Account._meta.db_table} a SET balance = a.balance + totals.total, updated_at = %s
-                  FROM totals WHERE a.id = totals.account_id RETURNING totals.n)
-                SELECT coalesce(sum(n), 0) FROM updated""",
-            [EntryKind.ADJUSTMENT, now, now],
-        )
-        return int(cursor.fetchone()[0])
+    return ledger_entries_post(
+        kind=EntryKind.ADJUSTMENT,
+        entries=[(a.account_id, a.amount, a.idempotency_key, a.description, a.cdr_id) for a in adjustments if a.amount],
+    )
