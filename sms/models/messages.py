@@ -40,7 +40,8 @@ class Message(models.Model):
     both are fixed when the message is accepted (cost is updated if a failover sends it through another gateway).
     """
 
-    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="sms_messages")
+    # No index of its own: sms_msg_customer (customer, -id) serves it (every index is written on each status change).
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="sms_messages", db_index=False)
     request_id = models.UUIDField(help_text="The API request that brought it (one credit reservation per request).")
     sender = models.CharField(max_length=16)
     destination = models.CharField(max_length=16, help_text="E.164 with +.")
@@ -70,7 +71,9 @@ class Message(models.Model):
     scheduled_at = models.DateTimeField(null=True, blank=True)
     country = models.CharField(max_length=2, blank=True)
     mobile_operator = models.CharField(max_length=80, blank=True)
-    reservation = models.ForeignKey(Reservation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    reservation = models.ForeignKey(  # not indexed: reservations are never deleted, only closed
+        Reservation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
     job = models.ForeignKey(
         "sms.SmsJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="messages", db_index=False
     )
@@ -116,7 +119,9 @@ class MessagePart(models.Model):
 
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="submits")
     part_index = models.PositiveSmallIntegerField()
-    gateway = models.ForeignKey(Gateway, null=True, on_delete=models.SET_NULL, related_name="+")
+    gateway = models.ForeignKey(  # indexed by sms_part_smsc_id (gateway, smsc_message_id)
+        Gateway, null=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
     smsc_message_id = models.CharField(max_length=64, blank=True, help_text="Normalised (sms.receipts).")
     command_status = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=12, choices=PartStatus.choices)
@@ -159,7 +164,7 @@ class CallbackBatch(models.Model):
 class MessageEvent(models.Model):
     """One status change of a message, with the SMSC's error code and description when it gave one."""
 
-    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="events")
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="events", db_index=False)
     status = models.CharField(max_length=12, choices=EventStatus.choices)
     error_code = models.CharField(max_length=32, blank=True)
     error_description = models.CharField(max_length=200, blank=True)
