@@ -517,32 +517,30 @@ def _prerated_cdrs_insert(usages: list[PreratedUsage]) -> dict[tuple[str, str], 
     }
     fields = [f for f in Cdr._meta.concrete_fields if not f.primary_key]
     extra_field = Cdr._meta.get_field("extra")
-    constant = {
-        f.attname: f.get_db_prep_save(f.get_default(), connection)
-        for f in fields
-        if f.attname not in per_usage and f.attname != "extra"
-    }
-    rows = []
-    for u in usages:
-        row = []
-        for f in fields:
-            if f.attname == "extra":
-                row.append(extra_field.get_db_prep_save(u.extra or {}, connection))
-            elif f.attname in per_usage:
-                row.append(per_usage[f.attname](u))
-            else:
-                row.append(constant[f.attname])
-        rows.append(row)
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    template = "(" + ", ".join(f"%s::{f.db_type(connection)}" for f in fields) + ")"
+    varying = [f for f in fields if f.attname in per_usage or f.attname == "extra"]
+    fixed = [f for f in fields if f not in varying]
+    rows = [
+        [
+            extra_field.get_db_prep_save(u.extra or {}, connection) if f.attname == "extra" else per_usage[f.attname](u)
+            for f in varying
+        ]
+        for u in usages
+    ]
+    quote = connection.ops.quote_name
     with connection.cursor() as cursor:
+        # The columns every row has the same value in are written once, as literals, not adapted row by row.
+        constants = cursor.mogrify(
+            ", ".join(f"%s::{f.db_type(connection)}" for f in fixed),
+            [f.get_db_prep_save(f.get_default(), connection) for f in fixed],
+        ).decode()
         result = execute_values(
             cursor,
-            f"""INSERT INTO {Cdr._meta.db_table} ({columns}) VALUES %s
+            f"""INSERT INTO {Cdr._meta.db_table} ({", ".join(quote(f.column) for f in varying + fixed)})
+                SELECT v.*, {constants.replace("%", "%%")} FROM (VALUES %s) AS v
                 ON CONFLICT (source, source_id) DO UPDATE SET updated_at = EXCLUDED.updated_at
                 RETURNING source, source_id, id""",
             rows,
-            template=template,
+            template="(" + ", ".join(f"%s::{f.db_type(connection)}" for f in varying) + ")",
             page_size=max(len(rows), 1),
             fetch=True,
         )
