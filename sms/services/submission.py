@@ -269,9 +269,16 @@ def messages_claim(
                 to_charge.append((row, submission))
 
         table = Message._meta.db_table
-        rows_update(
+        charging = {row["id"] for row, _ in to_charge}
+        rows_update(  # one new version of each row: every index of the table is written for each
             table=table,
-            columns=[("status", "text"), ("claimed_by", "text"), ("gateway_id", "bigint"), ("cost", "numeric")],
+            columns=[
+                ("status", "text"),
+                ("claimed_by", "text"),
+                ("gateway_id", "bigint"),
+                ("cost", "numeric"),
+                ("charged_at+", "timestamptz"),  # charged below, in this transaction
+            ],
             rows=[
                 (
                     s.message_id,
@@ -279,6 +286,7 @@ def messages_claim(
                     token,
                     s.gateway_id,
                     s.cost_per_part(s.gateway_id) * s.parts,
+                    now if s.message_id in charging else None,
                 )
                 for s in submissions
             ],
@@ -348,7 +356,6 @@ def _charge(items: list[tuple[dict, Submission]], *, config: SmsConfig, now: dat
                 extra={"sms_message_id": row["id"], "prerated": True},
             )
         )
-    Message.objects.filter(pk__in=[row["id"] for row, _ in items]).update(charged_at=now)
     usage_charge_many(usages)  # last: it locks the account row until the commit
 
 
