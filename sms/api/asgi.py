@@ -145,11 +145,6 @@ def _answer(host: str, raw_key: str, body: bytes, remote_ip: str | None) -> tupl
         log.exception("POST /api/v1/sms/messages on %s failed", host)
         connection.close()  # whatever state the connection was left in, the next request starts clean
         return 500, _error("server_error", "Server error."), []
-    finally:
-        try:
-            connection.set_schema_to_public()
-        except Exception:  # noqa: BLE001 - a closed connection has nothing to reset
-            pass
 
 
 def _answer_in_schema(host: str, raw_key: str, body: bytes, remote_ip: str | None) -> tuple[int, dict, list]:
@@ -164,12 +159,12 @@ def _answer_in_schema(host: str, raw_key: str, body: bytes, remote_ip: str | Non
     from .views import send_answer
 
     now = time.monotonic()
-    connection.set_schema_to_public()
     if len(_hosts) > 10_000 or len(_keys) > 10_000:  # bounded, whatever callers send
         _hosts.clear()
         _keys.clear()
     cached = _hosts.get(host)
     if cached is None or now - cached[0] > CACHE_S:
+        connection.set_schema_to_public()
         cached = _hosts[host] = (now, *resolve_host(host))
     _, domain, client_label = cached
     if domain is None or domain.tenant.schema_name == get_public_schema_name():
@@ -178,7 +173,10 @@ def _answer_in_schema(host: str, raw_key: str, body: bytes, remote_ip: str | Non
     if tenant.is_suspended:
         return 403, _error("operator_suspended", f"{tenant.brand} is suspended."), []
     tenant.domain_url = host
-    connection.set_tenant(tenant)
+    if connection.schema_name != tenant.schema_name:  # a sender thread mostly serves one operator: its search_path
+        connection.set_tenant(tenant)  # stays set from one request to the next (one `SET` per switch)
+    else:
+        connection.tenant = tenant
     if client_label and not Customer.objects.active().filter(subdomain=client_label).exists():
         return 404, _error("not_found", "Not found."), []
     hashed = f"{tenant.schema_name}:{hash_api_key(raw_key)}"  # a key lives in one schema

@@ -120,3 +120,50 @@ def test_both_paths_answer_the_same_shape(sms_world, demo_client):
         "fields": {"from": ["'NOPE' is not one of this client's sender ids: TEXTCO, +34600000001."]},
     }
     assert Client  # the WSGI test client is the regular path; the ASGI tests above are the fast one
+
+
+SCHEMA2 = "s1fast2"
+
+
+@pytest.fixture(scope="module")
+def second_world(fast_world, django_db_blocker):
+    with django_db_blocker.unblock(), operator_for_tests(SCHEMA2):
+        yield sms_world_make(schema=SCHEMA2, staff=f"admin@{SCHEMA2}.localhost", credit="1")
+        senders_stop()  # before the schema goes: the sender threads' connections may sit in it
+
+
+async def test_sender_threads_serving_operators_in_turn_store_each_in_its_own_schema(
+    fast_world, second_world, django_db_blocker
+):
+    # The sender threads keep their search_path from one request to the next: alternate the two operators
+    sent = {SCHEMA: [], SCHEMA2: []}
+    for n in range(12):
+        schema, world = (SCHEMA, fast_world) if n % 2 else (SCHEMA2, second_world)
+        text = f"turn {n}"
+        status, _, body = await call(
+            "POST",
+            "/api/v1/sms/messages",
+            {"to": "+34612345678", "text": text},
+            key=world.key,
+            host=f"{schema}.localhost",
+        )
+        assert status == 201, body
+        sent[schema].append(text)
+    # and one operator's key on the other's host is refused, whichever schema the thread was left in
+    status, _, _ = await call(
+        "POST",
+        "/api/v1/sms/messages",
+        {"to": "+34612345678", "text": "x"},
+        key=fast_world.key,
+        host=f"{SCHEMA2}.localhost",
+    )
+    assert status == 401
+
+    def stored(schema):
+        with django_db_blocker.unblock(), schema_context(schema):
+            return sorted(Message.objects.filter(text__startswith="turn ").values_list("text", flat=True))
+
+    from asgiref.sync import sync_to_async
+
+    assert await sync_to_async(stored)(SCHEMA) == sorted(sent[SCHEMA])
+    assert await sync_to_async(stored)(SCHEMA2) == sorted(sent[SCHEMA2])
