@@ -422,8 +422,9 @@ class Runner:
         delay = 0.1
         while True:
             try:
-                with schema_context(schema):
-                    result = function(**kwargs)
+                if connection.schema_name != schema:  # a gateway thread writes for one operator: its search_path
+                    connection.set_schema(schema)  # stays set between batches (one `SET` per switch)
+                result = function(**kwargs)
                 if connection.connection is not None:
                     self._db_connections.add(connection.connection)
                 return result
