@@ -935,6 +935,7 @@ class BulkRater:
 
     def __init__(self, deck: RateDeck) -> None:
         self.deck = deck
+        self.bands = deck.bands
         rates = deck.rates
         self._rate_micro = np.array([_to_micro(r.rate) for r in rates], dtype=np.int64)
         self._connect_micro = np.array([_to_micro(r.connect_fee) for r in rates], dtype=np.int64)
@@ -947,6 +948,12 @@ class BulkRater:
         self._rank_span = len(starts) + 1
         self._band_count = len(deck.bands)
         self._tables = {service: self._build_table(entries, rank_of) for service, entries in deck._entries.items()}
+
+    def __getstate__(self) -> dict:
+        """Pickled without its RateDeck (most of the pickle and of the time to load it): only rows the vectorised
+        path cannot represent need it, and whoever loads the rater sets ``deck`` again (a deck, or an object that
+        reads it when first used)."""
+        return {**self.__dict__, "deck": None}
 
     def _build_table(self, entries: dict[str, _PrefixEntry], rank_of: dict[int, int]) -> _BulkTable:
         prefixes = sorted(entries)
@@ -1021,16 +1028,19 @@ class BulkRater:
         tz: str | tzinfo = "UTC",
         service: str = "voice",
         units: Sequence[int] | np.ndarray | int = 1,
+        encoded: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> BulkQuotes:
         """Rate a batch of CDRs of one service; row ``i`` equals ``rate_one`` on the i-th CDR.
 
         ``numbers`` are the dialled numbers (list of str or a numpy str/bytes array), ``seconds``
         the answered seconds (billsec), ``at`` the start times (datetime64 in UTC, or epoch seconds),
-        ``units`` message parts or USSD events for sms/ussd (ignored for voice).
+        ``units`` message parts or USSD events for sms/ussd (ignored for voice). ``encoded``:
+        :func:`encode_numbers` of ``numbers`` when the caller has it already (rating the same
+        numbers under several decks).
         """
         if service not in SERVICES:
             raise ValueError(f"service must be one of {sorted(SERVICES)}, got {service!r}")
-        padded, ndigits = encode_numbers(numbers)
+        padded, ndigits = encode_numbers(numbers) if encoded is None else encoded
         count = len(padded)
         seconds_arr = np.asarray(seconds, dtype=np.int64).reshape(-1)
         at_us = _as_epoch_us(at).reshape(-1)
@@ -1081,7 +1091,7 @@ class BulkRater:
                 if local is None:
                     local = _LocalTimes(at_us, zone)
                 positions = np.flatnonzero(banded)
-                for column, band in enumerate(self.deck.bands, start=1):
+                for column, band in enumerate(self.bands, start=1):
                     sids = table.series_of[pids[positions], column]
                     use = (sids >= 0) & local.in_band(band, rows[positions]) & (found[positions] < 0)
                     if use.any():

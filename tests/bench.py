@@ -4,12 +4,13 @@ A benchmark module is a script: ``python -m <module>`` prints its figures as ``B
 exits 0 (``billing.bench_rating`` and ``tests.bench_foundation`` are two). List it in BENCHES. The runner starts each
 module in a process of its own, so every benchmark gets a fresh Django and cannot skew the next, with:
 
-- ``DATABASE_URL`` naming the database ``bench_opencarrier`` on the same PostgreSQL server as the developer's (the
-  embedded one under ./var unless DATABASE_URL is set): dropped and created empty at the start of each run, so runs
-  are repeatable, and dropped at the end (the runner only uses the developer's own database to create and drop it,
-  and holds an advisory lock there meanwhile, so a second ``make bench`` on the same server waits its turn);
-- ``REDIS_URL`` naming Redis database 15 of the same Redis, flushed at the start (throttle counters of a previous
-  run must not throttle this one);
+- ``DATABASE_URL`` naming the database ``bench_opencarrier`` (environment ``OC_BENCH_DB`` names another) on the
+  same PostgreSQL server as the developer's (the embedded one under ./var unless DATABASE_URL is set): dropped and
+  created empty at the start of each run, so runs are repeatable, and dropped at the end (the runner only uses the
+  developer's own database to create and drop it, and holds an advisory lock named after the bench database there
+  meanwhile, so a second ``make bench`` on the same database waits its turn);
+- ``REDIS_URL`` naming Redis database 15 (``OC_BENCH_REDIS_DB`` names another) of the same Redis, flushed at the
+  start (throttle counters of a previous run must not throttle this one);
 - ``OPENCARRIER_BENCH=1``, which a benchmark that writes checks before it touches the database.
 
 Each module has at most BENCH_TIMEOUT_S seconds (environment, default 600); past that its whole process group,
@@ -39,8 +40,10 @@ BENCHES = [
     "sms.bench_e2e",
     "billing.bench_api",
 ]
-BENCH_DATABASE = "bench_opencarrier"
-BENCH_REDIS_DB = 15
+# OC_BENCH_DB / OC_BENCH_REDIS_DB let several engineers bench on the same embedded servers side by side (each its
+# own database, Redis database and lock), as OC_TEST_DB / OC_TEST_REDIS_DB do for tests.
+BENCH_DATABASE = os.environ.get("OC_BENCH_DB", "bench_opencarrier")
+BENCH_REDIS_DB = int(os.environ.get("OC_BENCH_REDIS_DB", "15"))
 TIMEOUT_S = float(os.environ.get("BENCH_TIMEOUT_S", "600"))
 LOCK_WAIT_S = 600
 BASE_DIR = Path(__file__).resolve().parent.parent

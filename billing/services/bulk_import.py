@@ -3,13 +3,16 @@ stored and charged in seconds, with the same prices as the exact path (``ingest.
 
 How, batch by batch (100,000 records):
 
-1. ``csvformats.iter_asterisk_master_columns`` reads the batch into columns (bad lines are reported, not lost);
+1. ``csvformats.iter_asterisk_master_columns`` reads the batch into columns (bad lines are reported, not lost),
+   pyarrow parsing the next block on a helper thread meanwhile;
 2. duplicates inside the file are dropped (the first one wins) and the accounts it names are read;
 3. CDRs of accounts with a minute package covering the number are set aside for the exact path, which moves the
    package counters under their row lock, in call order, after the bulk batches;
 4. price (account's tariff) and cost (trunk's cost tariff, else the default one) come from
    ``rating.BulkRater`` per tariff, in int64 micro-units;
-5. a writer thread, on a connection of its own, streams the batch into ``billing_cdr`` with ``COPY`` and charges
+5. the batch's rows become a pyarrow table (no per-row Python formatting); one of two writer threads, each on a
+   connection of its own, writes it as CSV (pyarrow, off the GIL), streams it into ``billing_cdr`` with ``COPY``
+   (two batches stored at once: PostgreSQL uses a core per connection) and charges
    each account the sum of its new CDRs' prices in one ledger entry per account and batch (idempotency key
    ``cdr-batch:<source>:<account id>:<first CDR source id>``; ``LedgerEntry.cdr`` empty, the CDRs themselves carry
    each price), all in one transaction per batch, so ``balance = sum of entries`` holds at every commit. Meanwhile
@@ -35,10 +38,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC
 from decimal import Decimal
-from itertools import repeat
 
 import numpy as np
 import psycopg2
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 from django.db import connection, transaction
 from django.utils import timezone
 from django_tenants.utils import schema_context
@@ -46,6 +50,7 @@ from django_tenants.utils import schema_context
 from .. import csvformats
 from ..choices import CdrStatus
 from ..models import Cdr
+from ..rating import encode_numbers
 from ..selectors.decks import BulkDeck, bulk_deck_get
 from .ingest import (
     IngestSummary,
@@ -63,6 +68,7 @@ from .ledger import BulkCharge, ledger_charge_many
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 100_000
+WRITERS = 2
 # COPY column order: what varies per CDR first, then one constant tail (source, service, leg, correlation id,
 # units, package seconds, created_at, updated_at) written once per row as a single pre-joined string.
 _VARYING = (
@@ -87,26 +93,23 @@ _VARYING = (
 )
 _CONSTANT = ("source", "service", "leg", "correlation_id", "units", "package_seconds", "created_at", "updated_at")
 _COLUMNS = ", ".join(_VARYING + _CONSTANT)
-_NULL = "\\N"
-_SPECIAL = ("\\", "\t", "\n", "\r")
 
 
-def _escape(text: str) -> str:
-    """A value as COPY's text format wants it."""
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+def _money_array(micro: np.ndarray, known: np.ndarray) -> pa.Array:
+    """int64 micro-units as exact decimals with 6 places (null where not ``known``), without a float in between."""
+    words = np.empty((micro.size, 2), dtype=np.int64)  # decimal128: the unscaled value, little-endian, two's complement
+    words[:, 0] = micro
+    words[:, 1] = micro >> 63
+    validity = pa.array(known, type=pa.bool_()).buffers()[1]
+    return pa.Array.from_buffers(pa.decimal128(38, 6), micro.size, [validity, pa.py_buffer(words.tobytes())])
 
 
-def _escaped(values: list[str]) -> list[str]:
-    """A column of file text, escaped only if some value needs it (one C-level scan in the usual case)."""
-    joined = "\x00".join(values)
-    if any(char in joined for char in _SPECIAL):
-        return [_escape(v) for v in values]
-    return values
-
-
-def _money_text(micro: np.ndarray) -> np.ndarray:
-    """int64 micro-units as exact numeric text PostgreSQL reads ("1250000e-6" is 1.250000), vectorised."""
-    return np.strings.add(micro.astype("U"), "e-6")
+def _copy_csv(table: pa.Table) -> io.BytesIO:
+    """The rows as COPY's CSV format reads them: strings always quoted (so "" is an empty string), NULL unquoted."""
+    buffer = io.BytesIO()
+    pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
+    buffer.seek(0)
+    return buffer
 
 
 def _cut(values: list[str], limit: int) -> list[str]:
@@ -125,9 +128,10 @@ def _as_bytes(values: list[str]) -> np.ndarray:
 
 @dataclass
 class _Batch:
-    """One batch ready to write: the COPY text and, per row, what charging and the summary need."""
+    """One batch ready to write: the CDR rows (their columns in COPY order) and, per row, what charging and the
+    summary need."""
 
-    text: bytes
+    table: pa.Table | None
     source: str
     source_ids: list[str]
     account_pk: np.ndarray  # -1: unknown account
@@ -158,19 +162,8 @@ class _Import:
         self.ctx = RatingContext(tz=tz)
         self.seen: set[str] = set()
         self.deferred: list[csvformats.ParsedCdr] = []
-        self.now = timezone.now().astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-        self._escaped_decks: dict[int, np.ndarray] = {}
-
-    def _deck_text(self, bulk: BulkDeck) -> np.ndarray:
-        """Per rate index, "prefix<TAB>destination" escaped for COPY (index -1: two empty fields), once per deck."""
-        cached = self._escaped_decks.get(id(bulk))
-        if cached is None:
-            cached = np.array(
-                [f"{_escape(p)}\t{_escape(d)}" for p, d in zip(bulk.prefixes, bulk.destinations, strict=True)],
-                dtype=object,
-            )
-            self._escaped_decks[id(bulk)] = cached
-        return cached
+        self.now = pa.scalar(timezone.now().astimezone(UTC).replace(tzinfo=None), pa.timestamp("us"))
+        self._deck_cache: dict[int, tuple[pa.Array, pa.Array]] = {}
 
     def _stored(self, source_ids: list[str]) -> set[str]:
         """The batch's source ids already stored, looked up only when a probe of three of them finds one."""
@@ -198,8 +191,13 @@ class _Import:
         trunks = batch.trunk
         seen = self.seen
         keep = np.ones(count, dtype=bool)
-        duplicate_rows = [i for i, s in enumerate(source_ids) if s in seen or seen.add(s)]
-        keep[duplicate_rows] = False
+        batch_ids = set(source_ids)
+        if len(batch_ids) == count and seen.isdisjoint(batch_ids):  # the usual case, in C: nothing repeats
+            seen |= batch_ids
+            duplicate_rows = []
+        else:
+            duplicate_rows = [i for i, s in enumerate(source_ids) if s in seen or seen.add(s)]
+            keep[duplicate_rows] = False
         # A file seen before (a re-import, an overlap): drop what is stored already before rating it.
         known = self._stored(source_ids)
         if known:
@@ -212,7 +210,7 @@ class _Import:
         ctx.accounts_load(set(distinct))
         accounts = [ctx.accounts[c] for c in distinct]
         code_index = {code: position for position, code in enumerate(distinct)}
-        row_account = np.fromiter((code_index[c] for c in codes), dtype=np.int64, count=count)
+        row_account = np.array(list(map(code_index.__getitem__, codes)), dtype=np.int64).reshape(count)
         pk_of = np.array([a.pk if a else -1 for a in accounts], dtype=np.int64)
         tariffs = list({a.tariff_id: a.tariff for a in accounts if a is not None and a.tariff is not None}.values())
         slot_of_tariff = {t.pk: slot for slot, t in enumerate(tariffs)}
@@ -248,52 +246,53 @@ class _Import:
             return None if not duplicate_rows else _empty(self.source, len(duplicate_rows))
 
         numbers = _as_bytes(callees)
+        padded, ndigits = encode_numbers(numbers)  # once for the price and the cost decks
         price_index = np.full(count, -1, dtype=np.int64)
         billed = np.zeros(count, dtype=np.int64)
         price_micro = np.zeros(count, dtype=np.int64)
-        prefix_destination = np.full(count, "\t", dtype=object)
         currencies = sorted({t.currency for t in tariffs})
         currency_of_slot = np.array([currencies.index(t.currency) for t in tariffs] + [-1], dtype=np.int64)
+        decks: list[BulkDeck | None] = [None] * len(tariffs)
         for slot, tariff in enumerate(tariffs):
             group = rows[row_slot[rows] == slot]
             if group.size == 0:
                 continue
-            bulk = bulk_deck_get(tariff=tariff)
-            quotes = bulk.rater.rate_bulk(numbers[group], batch.billsec[group], batch.start[group], tz=self.tz)
+            bulk = decks[slot] = bulk_deck_get(tariff=tariff)
+            quotes = bulk.rater.rate_bulk(
+                numbers[group],
+                batch.billsec[group],
+                batch.start[group],
+                tz=self.tz,
+                encoded=(padded[group], ndigits[group]),
+            )
             price_index[group] = quotes.rate_index
             billed[group] = quotes.billed_seconds
             price_micro[group] = quotes.amount_micro
-            prefix_destination[group] = self._deck_text(bulk)[quotes.rate_index]
         rated = keep & (row_slot >= 0) & (price_index >= 0)
         currency_index = np.where(rated, currency_of_slot[row_slot], -1)
 
-        status_reason = np.full(count, f"{CdrStatus.RATED.value}\t", dtype=object)  # status, unrated_reason
+        unrated_reason = np.full(count, "", dtype=object)
         for i in np.flatnonzero(keep & ~rated).tolist():
             account = accounts[row_account[i]]
             if account is None:
-                reason = unknown_account_reason(codes[i])
+                unrated_reason[i] = unknown_account_reason(codes[i])
             elif account.tariff is None:
-                reason = no_tariff_reason(account.code)
+                unrated_reason[i] = no_tariff_reason(account.code)
             else:
-                reason = no_rate_reason(callees[i])
-            status_reason[i] = f"{CdrStatus.UNRATED.value}\t{_escape(reason)}"
+                unrated_reason[i] = no_rate_reason(callees[i])
 
-        cost_micro, cost_known, notes = self._costs(rated, row_slot, tariffs, trunks, numbers, batch, callees)
-        # currency, extra: "EUR<TAB>{}" for most rows.
-        currency_extra = np.array([f"{c}\t{{}}" for c in currencies] + ["\t{}"], dtype=object)[currency_index]
+        cost_micro, cost_known, notes = self._costs(
+            rated, row_slot, tariffs, trunks, (numbers, padded, ndigits), batch, callees
+        )
+        extra = np.full(count, "{}", dtype=object)
         odd = (notes != "") | (np.array(batch.disposition, dtype=object) != "ANSWERED")
         for i in np.flatnonzero(keep & odd).tolist():
-            extra = {}
+            details = {}
             if batch.disposition[i] != "ANSWERED":
-                extra["disposition"] = batch.disposition[i]
+                details["disposition"] = batch.disposition[i]
             if notes[i]:
-                extra["cost_unknown"] = notes[i]
-            currency = currencies[currency_index[i]] if currency_index[i] >= 0 else ""
-            currency_extra[i] = f"{currency}\t{_escape(json.dumps(extra))}"
-
-        price_text = np.where(rated, _money_text(price_micro), _NULL)
-        cost_text = np.where(cost_known, _money_text(cost_micro), _NULL)
-        account_text = np.where(row_pk >= 0, row_pk.astype("U"), _NULL)
+                details["cost_unknown"] = notes[i]
+            extra[i] = json.dumps(details)
 
         full = rows.size == count
         row_list = rows.tolist()
@@ -303,31 +302,48 @@ class _Import:
                 return column if full else [column[i] for i in row_list]
             return (column if full else column[rows]).tolist()
 
-        tail = "\t".join([_escape(self.source), "voice", "origination", "", "0", "0", self.now, self.now])
-        columns = [
-            _escaped(pick(source_ids)),
-            _escaped(pick(codes)),
-            pick(account_text),
-            _escaped(pick(callers)),
-            _escaped(pick(callees)),
-            np.datetime_as_string(batch.start[rows], unit="s").tolist(),
-            batch.duration[rows].astype("U").tolist(),
-            batch.billsec[rows].astype("U").tolist(),
-            pick(status_reason),
-            pick(prefix_destination),
-            billed[rows].astype("U").tolist(),
-            _escaped(pick(trunks)),
-            pick(price_text),
-            pick(cost_text),
-            pick(currency_extra),
-            repeat(tail),
-        ]
-        text = "\n".join(map("\t".join, zip(*columns, strict=False))) + "\n"  # the tail repeats forever
-        kept_ids = pick(source_ids)
+        def text(column) -> pa.Array:
+            return pa.array(pick(column), type=pa.string())
+
+        def vocabulary(words: list[str], index: np.ndarray) -> pa.Array:
+            """Per row, words[index] (index -1: the empty string)."""
+            index = index[rows]
+            return pa.array([*words, ""], type=pa.string()).take(pa.array(np.where(index < 0, len(words), index)))
+
+        prefixes, destinations = self._deck_columns(decks, price_index, row_slot, rows)
+        kept = rows.size
+        arrays = {
+            "source_id": text(source_ids),
+            "account_code": text(codes),
+            "account_id": pa.array(row_pk[rows], mask=row_pk[rows] < 0),
+            "caller": text(callers),
+            "callee": text(callees),
+            "start": pa.array(batch.start[rows]),
+            "duration": pa.array(batch.duration[rows]),
+            "billsec": pa.array(batch.billsec[rows]),
+            "status": vocabulary([CdrStatus.RATED.value, CdrStatus.UNRATED.value], (~rated).astype(np.int64)),
+            "unrated_reason": text(unrated_reason),
+            "matched_prefix": prefixes,
+            "destination": destinations,
+            "billed_seconds": pa.array(billed[rows]),
+            "trunk": text(trunks),
+            "price": _money_array(price_micro[rows], rated[rows]),
+            "cost": _money_array(cost_micro[rows], cost_known[rows]),
+            "currency": vocabulary(currencies, currency_index),
+            "extra": text(extra),
+            "source": pa.repeat(pa.scalar(self.source, pa.string()), kept),
+            "service": pa.repeat(pa.scalar("voice", pa.string()), kept),
+            "leg": pa.repeat(pa.scalar("origination", pa.string()), kept),
+            "correlation_id": pa.repeat(pa.scalar("", pa.string()), kept),
+            "units": pa.repeat(pa.scalar(0, pa.int64()), kept),
+            "package_seconds": pa.repeat(pa.scalar(0, pa.int64()), kept),
+            "created_at": pa.repeat(self.now, kept),
+            "updated_at": pa.repeat(self.now, kept),
+        }
         return _Batch(
-            text=text.encode(),
+            table=pa.table([arrays[name] for name in _VARYING + _CONSTANT], names=[*_VARYING, *_CONSTANT]),
             source=self.source,
-            source_ids=kept_ids,
+            source_ids=pick(source_ids),
             account_pk=row_pk[rows],
             rated=rated[rows],
             price_micro=price_micro[rows],
@@ -338,8 +354,46 @@ class _Import:
             known_duplicates=len(duplicate_rows),
         )
 
+    def _deck_columns(
+        self, decks: list[BulkDeck | None], price_index: np.ndarray, row_slot: np.ndarray, rows: np.ndarray
+    ) -> tuple[pa.Array, pa.Array]:
+        """matched_prefix and destination of the kept rows: each row's rate in its tariff's deck (or empty)."""
+        prefixes: list[pa.Array] = []
+        destinations: list[pa.Array] = []
+        base = np.zeros(len(decks) + 1, dtype=np.int64)
+        for slot, bulk in enumerate(decks):
+            if bulk is not None:
+                prefix_array, destination_array = self._deck_arrays(bulk)
+                prefixes.append(prefix_array)
+                destinations.append(destination_array)
+                base[slot + 1] = base[slot] + len(prefix_array)
+            else:
+                base[slot + 1] = base[slot]
+        prefixes.append(pa.array([""], type=pa.string()))  # rows of no tariff
+        destinations.append(pa.array([""], type=pa.string()))
+        deck_size = np.diff(base)
+        slot, index = row_slot[rows], price_index[rows]
+        priced = slot >= 0  # every such row's tariff has its deck in ``decks``
+        at = np.full(rows.size, base[-1], dtype=np.int64)
+        # Rate index -1 (no rate) is the deck's trailing empty entry.
+        at[priced] = base[slot[priced]] + np.where(index[priced] >= 0, index[priced], deck_size[slot[priced]] - 1)
+        taken = pa.array(at)
+        return pa.concat_arrays(prefixes).take(taken), pa.concat_arrays(destinations).take(taken)
+
+    def _deck_arrays(self, bulk: BulkDeck) -> tuple[pa.Array, pa.Array]:
+        """Per rate index, the deck's prefix and destination as pyarrow arrays (last: empty), once per deck."""
+        cached = self._deck_cache.get(id(bulk))
+        if cached is None:
+            cached = (
+                pa.array(bulk.prefixes.tolist(), type=pa.string()),
+                pa.array(bulk.destinations.tolist(), type=pa.string()),
+            )
+            self._deck_cache[id(bulk)] = cached
+        return cached
+
     def _costs(self, rated, row_slot, tariffs, trunks, numbers, batch, callees):
         """Cost of each rated row under its trunk's cost tariff (else the default one), and why when unknown."""
+        numbers, padded, ndigits = numbers
         count = len(rated)
         ctx = self.ctx
         cost_micro = np.zeros(count, dtype=np.int64)
@@ -352,7 +406,7 @@ class _Import:
             if tariff is not None and tariff not in cost_tariffs:
                 cost_tariffs.append(tariff)
             slot_of_trunk[trunk] = cost_tariffs.index(tariff) if tariff is not None else -1
-        row_cost_slot = np.fromiter((slot_of_trunk[t] for t in trunks), dtype=np.int64, count=count)
+        row_cost_slot = np.array(list(map(slot_of_trunk.__getitem__, trunks)), dtype=np.int64).reshape(count)
         for i in np.flatnonzero(rated & (row_cost_slot < 0)).tolist():
             notes[i] = no_cost_tariff_note(trunks[i])
         for cost_slot, cost_tariff in enumerate(cost_tariffs):
@@ -365,7 +419,13 @@ class _Import:
                     notes[group] = cost_currency_note(cost_tariff, tariff.currency)
                     continue
                 bulk = bulk_deck_get(tariff=cost_tariff)
-                quotes = bulk.rater.rate_bulk(numbers[group], batch.billsec[group], batch.start[group], tz=self.tz)
+                quotes = bulk.rater.rate_bulk(
+                    numbers[group],
+                    batch.billsec[group],
+                    batch.start[group],
+                    tz=self.tz,
+                    encoded=(padded[group], ndigits[group]),
+                )
                 found = quotes.rate_index >= 0
                 cost_micro[group] = quotes.amount_micro
                 cost_known[group] = found
@@ -377,7 +437,7 @@ class _Import:
 def _empty(source: str, duplicates: int) -> _Batch:
     nothing = np.zeros(0, dtype=np.int64)
     return _Batch(
-        text=b"",
+        table=None,
         source=source,
         source_ids=[],
         account_pk=nothing,
@@ -400,6 +460,7 @@ def _batch_write(batch: _Batch) -> _Written:
     if not batch.source_ids:
         return written
     began = time.perf_counter()
+    rows = _copy_csv(batch.table)  # pyarrow writes it with the GIL released, while the caller rates the next batch
     table = Cdr._meta.db_table
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL TIME ZONE 'UTC'")  # start/created_at are written as UTC wall-clock text
@@ -411,7 +472,7 @@ def _batch_write(batch: _Batch) -> _Written:
         if not cursor.fetchone()[0]:
             try:
                 with transaction.atomic():
-                    cursor.copy_expert(f"COPY {table} ({_COLUMNS}) FROM STDIN", io.BytesIO(batch.text), size=1 << 20)
+                    cursor.copy_expert(f"COPY {table} ({_COLUMNS}) FROM STDIN (FORMAT csv)", rows, size=1 << 20)
                 inserted = np.ones(len(batch.source_ids), dtype=bool)
             except psycopg2.errors.UniqueViolation:
                 inserted = None  # some were stored before: take the slower path that skips them
@@ -421,7 +482,8 @@ def _batch_write(batch: _Batch) -> _Written:
                 f"SELECT {_COLUMNS} FROM {table} WITH NO DATA"
             )
             cursor.execute("TRUNCATE _cdr_bulk")
-            cursor.copy_expert(f"COPY _cdr_bulk ({_COLUMNS}) FROM STDIN", io.BytesIO(batch.text), size=1 << 20)
+            rows.seek(0)
+            cursor.copy_expert(f"COPY _cdr_bulk ({_COLUMNS}) FROM STDIN (FORMAT csv)", rows, size=1 << 20)
             cursor.execute(
                 f"INSERT INTO {table} ({_COLUMNS}) SELECT {_COLUMNS} FROM _cdr_bulk "
                 f"ON CONFLICT (source, source_id) DO NOTHING RETURNING source_id"
@@ -483,7 +545,9 @@ def _decimal(micro: int) -> Decimal:
 
 
 class _Writer:
-    """Writes batches on a thread with its own connection while the caller prepares the next one.
+    """Writes batches on ``WRITERS`` threads, each with its own connection (so PostgreSQL stores two batches at once
+    on two cores), while the caller prepares the next one. Batches never share a CDR (the reader drops repeats) and
+    charges lock accounts in id order, so the writers cannot deadlock each other.
 
     ``inline``: write on the caller's connection and thread instead (the caller holds an open transaction that a
     second connection could not see into).
@@ -495,8 +559,12 @@ class _Writer:
         self._error: BaseException | None = None
         if not inline:
             self._queue: queue.Queue = queue.Queue(maxsize=1)
-            self._thread = threading.Thread(target=self._run, args=(schema,), name="cdr-bulk-writer", daemon=True)
-            self._thread.start()
+            self._threads = [
+                threading.Thread(target=self._run, args=(schema,), name=f"cdr-bulk-writer-{n}", daemon=True)
+                for n in range(WRITERS)
+            ]
+            for thread in self._threads:
+                thread.start()
 
     def put(self, batch: _Batch) -> None:
         if self.inline:
@@ -513,9 +581,10 @@ class _Writer:
 
     def close(self) -> list[_Written]:
         if not self.inline:
-            if self._thread.is_alive():
-                self._queue.put(None)
-            self._thread.join()
+            for _thread in self._threads:
+                self._queue.put(None)  # one end mark per writer; a writer that failed still takes its own
+            for thread in self._threads:
+                thread.join()
             if self._error is not None:
                 raise self._error
         return self.results
