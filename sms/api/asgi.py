@@ -43,6 +43,9 @@ SECURITY_HEADERS = [
 _hosts: dict[str, tuple[float, object, str | None]] = {}  # host -> (looked up at, domain, client label)
 _keys: dict[str, tuple[float, object]] = {}  # hashed key -> (looked up at, ApiKey or None)
 
+UPKEEP_S = 1.0
+_upkeep = threading.local()
+
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
 
@@ -138,7 +141,11 @@ def _answer(host: str, raw_key: str, body: bytes, remote_ip: str | None) -> tupl
     """On a sender thread: tenancy, authentication, then the send itself."""
     from django.db import close_old_connections, connection
 
-    close_old_connections()
+    # Django's per-request connection upkeep (max age, and a health check: a `SELECT 1` before the first query),
+    # at most once a second per sender thread; a connection that breaks in between fails one request and is closed.
+    if time.monotonic() - getattr(_upkeep, "at", 0.0) >= UPKEEP_S:
+        close_old_connections()
+        _upkeep.at = time.monotonic()
     try:
         return _answer_in_schema(host, raw_key, body, remote_ip)
     except Exception:
