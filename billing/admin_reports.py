@@ -33,7 +33,13 @@ from .selectors.reports import (
     revenue_report,
     unrated_report,
 )
-from .services.rerate import RerateInvalid, RerateNotReady, rerate_confirm_request, rerate_request
+from .services.rerate import (
+    RerateInvalid,
+    RerateNotReady,
+    rerate_confirm_request,
+    rerate_request,
+    rerate_runs_resume,
+)
 
 DATE_INPUT = forms.DateInput(attrs={"type": "date"})
 
@@ -165,6 +171,8 @@ class RerateRunAdmin(admin.ModelAdmin):
         run = get_object_or_404(RerateRun.objects.select_related("account", "tariff"), pk=object_id)
         if not self.has_view_permission(request, run):
             raise PermissionDenied
+        if rerate_runs_resume(run_id=run.pk):  # its task never reached a worker: sent again while the page polls
+            run.refresh_from_db()
         return self._render(
             request,
             "reraterun.html",

@@ -9,8 +9,9 @@ Client address
     (the default) the header is ignored altogether, so a client cannot spoof its way past an allow-list.
 
 Internal addresses
-    ``address_is_internal`` says whether an address is loopback, private, link-local, multicast, reserved,
-    unspecified or shared (carrier-grade NAT), for IPv4 and IPv6, IPv4-mapped / 6to4 / Teredo IPv6 forms included.
+    ``address_is_internal`` says whether an address is loopback, private, link-local, site-local, multicast,
+    reserved, unspecified or shared (carrier-grade NAT), for IPv4 and IPv6, IPv4-mapped / 6to4 / Teredo / NAT64 IPv6
+    forms included.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def address_is_internal(address: IPAddress) -> bool:
         or address.is_reserved
         or address.is_unspecified
         or not address.is_global
+        or (isinstance(address, ipaddress.IPv6Address) and address.is_site_local)  # fec0::/10: Python calls it global
         or any(address in network for network in _ALSO_INTERNAL if network.version == address.version)
     )
 

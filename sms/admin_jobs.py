@@ -3,15 +3,16 @@ panel and the API use) and the report as CSV. A finished or cancelled job may be
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
-from django.http import StreamingHttpResponse
+from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html
 
 from core.admin import operator_console
 
+from .api.reports import csv_stream_response
 from .models import JobStatus, SmsJob
-from .selectors_jobs import job_progress, job_report_csv, jobs_progress
+from .selectors_jobs import job_progress, job_report_csv, job_report_filename, jobs_progress
 from .services.jobs import JobStateError, job_cancel, job_pause, job_resume
 
 
@@ -63,7 +64,13 @@ class SmsJobAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request, obj=None):
-        return obj is not None and obj.status in (JobStatus.DONE, JobStatus.CANCELLED)
+        if obj is None or obj.status not in (JobStatus.DONE, JobStatus.CANCELLED):
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def has_steer_permission(self, request):
+        """Pause, resume and cancel change jobs: staff who may only look at them may not."""
+        return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
 
     def get_actions(self, request):
         actions = super().get_actions(request)
@@ -106,9 +113,9 @@ class SmsJobAdmin(admin.ModelAdmin):
 
     def report_view(self, request, pk: int):
         job = get_object_or_404(SmsJob, pk=pk)
-        response = StreamingHttpResponse(job_report_csv(job=job), content_type="text/csv; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="sms-job-{job.pk}.csv"'
-        return response
+        if not self.has_view_permission(request, job):
+            raise PermissionDenied
+        return csv_stream_response(job_report_csv(job=job), request=request, filename=job_report_filename(job))
 
     def _steer(self, request, queryset, operation, verb: str):
         done, refused = 0, []
@@ -123,14 +130,14 @@ class SmsJobAdmin(admin.ModelAdmin):
         for text in refused:
             messages.warning(request, text)
 
-    @admin.action(description="Pause (hold their queued messages)")
+    @admin.action(description="Pause (hold their queued messages)", permissions=["steer"])
     def pause(self, request, queryset):
         self._steer(request, queryset, job_pause, "paused")
 
-    @admin.action(description="Resume")
+    @admin.action(description="Resume", permissions=["steer"])
     def resume(self, request, queryset):
         self._steer(request, queryset, job_resume, "resumed")
 
-    @admin.action(description="Cancel (queued messages cancelled, credit returned)")
+    @admin.action(description="Cancel (queued messages cancelled, credit returned)", permissions=["steer"])
     def cancel(self, request, queryset):
         self._steer(request, queryset, job_cancel, "cancelled")

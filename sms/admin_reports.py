@@ -5,7 +5,7 @@ list (`/admin/sms/message/reports/`), mixed into `MessageAdmin` in sms/admin.py.
 Console dates are whole days in the operator's time zone, both ends included (the API's `to` is exclusive).
 """
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from django import forms
@@ -19,10 +19,10 @@ from billing.selectors.reports import operator_time_zone
 from .api.reports import csv_stream_response
 from .models import SmsClient
 from .selectors_reports import (
-    MAX_RANGE_DAYS,
     REPORT_GROUPS,
     MessageFilters,
-    local_day_start,
+    ReportInvalid,
+    local_days_period,
     sms_message_report,
     sms_message_report_csv,
     sms_summary_report,
@@ -46,15 +46,19 @@ class SmsReportForm(forms.Form):
     def clean(self):
         data = super().clean()
         first, last = data.get("period_from"), data.get("period_to")
-        if first and last and last < first:
-            self.add_error("period_to", "The period must end on or after its first day.")
-        elif first and last and (last - first).days >= MAX_RANGE_DAYS:
-            self.add_error("period_to", f"A report covers at most {MAX_RANGE_DAYS} days.")
+        if first and last:
+            try:
+                self.period = local_days_period(first=first, last=last, zone=self.zone)
+            except ReportInvalid as exc:
+                self.add_error("period_to", str(exc))
         return data
 
-    def bounds(self, zone: ZoneInfo) -> tuple[datetime, datetime]:
-        data = self.cleaned_data
-        return local_day_start(data["period_from"], zone), local_day_start(data["period_to"] + timedelta(days=1), zone)
+    def __init__(self, *args, zone: ZoneInfo, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.zone = zone
+
+    def bounds(self) -> tuple[datetime, datetime]:
+        return self.period
 
 
 class MessageReportsMixin:
@@ -72,11 +76,13 @@ class MessageReportsMixin:
         tz = operator_time_zone()
         zone = ZoneInfo(tz)
         today = timezone.now().astimezone(zone).date()
-        form = SmsReportForm(request.GET or {"period_from": today.replace(day=1), "period_to": today, "group": "day"})
+        form = SmsReportForm(
+            request.GET or {"period_from": today.replace(day=1), "period_to": today, "group": "day"}, zone=zone
+        )
         report = None
         if form.is_valid():
             data = form.cleaned_data
-            start, end = form.bounds(zone)
+            start, end = form.bounds()
             name = f"{data['period_from']:%Y%m%d}-{data['period_to']:%Y%m%d}"
             if request.GET.get("format") == "messages_csv":
                 rows = sms_message_report(

@@ -13,6 +13,7 @@ from core.models import Customer
 
 from .choices import MessageStatus
 from .models import Message, SmsJob, SmsJobRow
+from .selectors_reports import csv_row
 from .services.jobs import CANCELLED, HOLD_UNTIL
 
 
@@ -35,7 +36,8 @@ def jobs_progress(*, jobs: list[SmsJob]) -> dict[int, dict]:
     Rows: total, refused in the file (``invalid``), refused at acceptance (``rejected``), ``accepted``, ``pending``
     (not fed yet), ``cancelled`` (never fed). Messages: ``queued`` (of which ``held`` by a pause), ``submitted``,
     ``delivered``, ``undelivered``, ``expired``, ``failed`` (every gateway refused it), ``cancelled_messages``;
-    credit ``spent`` (charged and not refunded) and ``reserved`` (held for queued messages).
+    credit ``spent`` (what the messages' charge records kept: parts an SMSC accepted stay charged when the rest is
+    refunded) and ``reserved`` (held for queued messages).
     """
     ids = [job.pk for job in jobs]
     by_job = {
@@ -52,7 +54,7 @@ def jobs_progress(*, jobs: list[SmsJob]) -> dict[int, dict]:
             refused=Count("id", filter=Q(status=MessageStatus.REJECTED) & ~Q(error_code=CANCELLED)),
             cancelled_messages=Count("id", filter=Q(status=MessageStatus.REJECTED, error_code=CANCELLED)),
             parts=Sum("parts", filter=~Q(status=MessageStatus.REJECTED)),
-            spent=Sum("price", filter=Q(charged_at__isnull=False, refunded_at__isnull=True)),
+            spent=Sum("charge_cdr__price"),  # what the charge records kept (see sms.selectors_reports)
             reserved=Sum("price", filter=_QUEUED & Q(charged_at__isnull=True)),
         )
     }
@@ -93,6 +95,10 @@ def job_progress(*, job: SmsJob) -> dict:
 REPORT_COLUMNS = ["line", "to", "outcome", "reason", "message_id", "status", "error_code", "error_description", "price"]
 
 
+def job_report_filename(job: SmsJob) -> str:
+    return f"sms-job-{job.pk}.csv"
+
+
 def job_report_csv(*, job: SmsJob) -> Iterator[str]:
     """The job's report, one CSV line per row of its file, in chunks of about 64 kB (for a streaming response)."""
     buffer = io.StringIO()
@@ -108,17 +114,19 @@ def job_report_csv(*, job: SmsJob) -> Iterator[str]:
     for row in job_rows(job=job).iterator(chunk_size=2000):
         message = row.message
         writer.writerow(
-            [
-                row.line,
-                row.destination,
-                row.outcome,
-                row.reason,
-                row.message_id or "",
-                message.status if message else "",
-                message.error_code if message else "",
-                message.error_description if message else "",
-                message.price if message else "",
-            ]
+            csv_row(
+                [
+                    row.line,
+                    row.destination,
+                    row.outcome,
+                    row.reason,
+                    row.message_id or "",
+                    message.status if message else "",
+                    message.error_code if message else "",
+                    message.error_description if message else "",
+                    message.price if message else "",
+                ]
+            )
         )
         if buffer.tell() > 64 * 1024:
             yield flush()

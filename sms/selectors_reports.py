@@ -3,9 +3,11 @@
 What the numbers mean (the same in the API, the client panel and the operator console):
 
 - a message counts on the day (operator's time zone) it was accepted (`created_at`);
-- `messages` counts every message, whatever became of it; `parts` and `credit` count what was deducted: the
-  messages charged to the client's account and not refunded (a message still queued has its credit reserved, not
-  deducted; a rejected or expired one got it back). A message's `credit` is its price then, else 0;
+- `messages` counts every message, whatever became of it; `parts` and `credit` count what was deducted, read from
+  the message's charge record in billing (`Message.charge_cdr`, one join): a message still queued has its credit
+  reserved, not deducted (no record yet); a rejected or expired one got it back, except the parts an SMSC had
+  already accepted, which stay charged (the record keeps those parts and their price). The staff's `cost` is the
+  record's cost likewise;
 - `unit_price` is credit per part (the exact credit over the parts, 6 decimals); the operator's staff also see
   `cost` (what the gateways cost, over the same messages), `unit_cost` and `margin` (credit - cost);
 - totals are lines in billing's sense (`billing.selectors.reports`): the exact sum of the records, rounded once,
@@ -18,6 +20,7 @@ caller's `customer` (None for the operator's staff) and sees only that customer'
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -29,7 +32,7 @@ from zoneinfo import ZoneInfo
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db.models import Case, CharField, Count, DateTimeField, DecimalField, F, Q, Sum, Value, When
-from django.db.models.functions import Trunc
+from django.db.models.functions import Coalesce, Trunc
 from django.utils import timezone
 
 from billing.selectors.reports import money_line, operator_time_zone
@@ -42,8 +45,10 @@ REPORT_GROUPS = ("day", "month")
 MAX_RANGE_DAYS = 366
 UNIT_PLACES = Decimal("0.000001")
 
-# Deducted: charged to the account and not given back.
-CHARGED = Q(charged_at__isnull=False, refunded_at__isnull=True)
+# Deducted: what the message's charge record kept (no record: nothing charged yet).
+CHARGED_PARTS = "charge_cdr__units"
+CHARGED_CREDIT = "charge_cdr__price"
+CHARGED_COST = "charge_cdr__cost"
 FAILED_STATUSES = (MessageStatus.UNDELIVERED, MessageStatus.EXPIRED, MessageStatus.REJECTED)
 PENDING_STATUSES = (MessageStatus.ACCEPTED, MessageStatus.SUBMITTING)
 
@@ -92,6 +97,16 @@ def report_period_check(*, start: datetime, end: datetime) -> None:
         raise ReportInvalid("to", f"A report covers at most {MAX_RANGE_DAYS} days; ask for a shorter period.")
 
 
+def local_days_period(*, first: date, last: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """Whole days ``first`` to ``last``, both included, in the operator's zone, as [start, end); ReportInvalid
+    (field ``to``) when it ends before it starts or is too long. The panel's and the console's forms use it."""
+    if last < first:
+        raise ReportInvalid("to", "The period must end on or after its first day.")
+    start, end = local_day_start(first, zone), local_day_start(last + timedelta(days=1), zone)
+    report_period_check(start=start, end=end)
+    return start, end
+
+
 def _unit(amount: Decimal, parts: int) -> Decimal:
     return (amount / parts).quantize(UNIT_PLACES, rounding=ROUND_HALF_UP) if parts else Decimal(0)
 
@@ -116,7 +131,7 @@ def sms_today_totals(*, customer: Customer | None, tz: str | None = None, now: d
         _scope(customer)
         .filter(created_at__gte=start, created_at__lt=end)
         .values("currency", "status")
-        .annotate(messages=Count("id"), parts=Sum("parts", filter=CHARGED), credit=Sum("price", filter=CHARGED))
+        .annotate(messages=Count("id"), parts=Sum(CHARGED_PARTS), credit=Sum(CHARGED_CREDIT))
         .order_by()
     )
     by_status = dict.fromkeys(MessageStatus.values, 0)
@@ -197,7 +212,7 @@ def sms_message_report(
     fields = MESSAGE_ROW_FIELDS + (STAFF_ROW_FIELDS if customer is None else ())
     return (
         queryset.annotate(
-            credit=Case(When(CHARGED, then=F("price")), default=Value(Decimal(0)), output_field=DecimalField()),
+            credit=Coalesce(F(CHARGED_CREDIT), Value(Decimal(0)), output_field=DecimalField()),
             type=Case(
                 *(When(encoding=encoding, then=Value(kind)) for encoding, kind in MESSAGE_TYPES.items()),
                 default=F("encoding"),
@@ -234,6 +249,24 @@ class _Line:
 
     def write(self, text: str) -> str:
         return text
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
+
+
+def csv_cell(value):
+    """A value safe to open in a spreadsheet: text that starts like a formula (= + - @, tab, CR: a client's text,
+    sender, reference or a number as typed) gets a leading ' so it is shown as text, never run; plain numbers
+    (``+34612345678``, ``-0.25``) stay as they are."""
+    if isinstance(value, str) and value[:1] in _FORMULA_START and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def csv_row(values: Iterable) -> list:
+    """Every cell of a CSV line through `csv_cell`: each CSV this app writes goes through it."""
+    return [csv_cell(value) for value in values]
 
 
 def sms_client_names(customer_ids: Iterable[int] | None = None) -> dict[int, tuple[int, str]]:
@@ -274,7 +307,7 @@ def sms_message_report_csv(*, rows, staff: bool, tz: str | None = None, chunk_si
         if staff:
             client_id, name = names.get(row["customer_id"], ("", ""))
             line += [client_id, name, row["cost"]]
-        yield writer.writerow(line)
+        yield writer.writerow(csv_row(line))
 
 
 async def lines_async(lines: Iterator[str], *, batch: int = 500) -> AsyncIterator[str]:
@@ -325,12 +358,12 @@ def sms_summary_report(
         "messages": Count("id"),
         "delivered": Count("id", filter=Q(status=MessageStatus.DELIVERED)),
         "failed": Count("id", filter=Q(status__in=FAILED_STATUSES)),
-        "parts_sum": Sum("parts", filter=CHARGED),
+        "parts_sum": Sum(CHARGED_PARTS),
         # Named apart from the columns: an annotation called "price" or "cost" would shadow the field.
-        "credit_sum": Sum("price", filter=CHARGED),
+        "credit_sum": Sum(CHARGED_CREDIT),
     }
     if staff:
-        measures["cost_sum"] = Sum("cost", filter=CHARGED)
+        measures["cost_sum"] = Sum(CHARGED_COST)
     # Unordered in SQL, sorted here: the groups are few, and without an ORDER BY PostgreSQL may hash them instead of
     # sorting every message of the period (its estimate of the number of groups is poor for the truncated date).
     rows = sorted(
@@ -421,6 +454,6 @@ def sms_summary_report_csv(*, report: dict) -> Iterator[str]:
 
     for row in report["rows"]:
         client = [row["client_id"], row["client_name"]] if per_client else []
-        yield writer.writerow(values(row["period"], row, client))
+        yield writer.writerow(csv_row(values(row["period"], row, client)))
     for total in report["totals"]:
-        yield writer.writerow(values("total", total, ["", ""] if per_client else []))
+        yield writer.writerow(csv_row(values("total", total, ["", ""] if per_client else [])))

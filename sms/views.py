@@ -1,7 +1,7 @@
 """The client panel's SMS pages: the client's messages with their status and today's totals; reports."""
 
 import zoneinfo
-from datetime import datetime, time, timedelta
+from datetime import datetime, time
 
 from django import forms
 from django.contrib.auth.decorators import login_required
@@ -16,9 +16,9 @@ from .api.reports import csv_stream_response
 from .choices import MessageStatus
 from .selectors import message_list, messages_summary, sms_client_for_customer
 from .selectors_reports import (
-    MAX_RANGE_DAYS,
     MessageFilters,
-    local_day_start,
+    ReportInvalid,
+    local_days_period,
     sms_message_report,
     sms_message_report_csv,
     sms_summary_report,
@@ -85,10 +85,10 @@ class ReportForm(forms.Form):
         data = super().clean()
         today = timezone.now().astimezone(self.zone).date()
         first, last = data.get("period_from") or today, data.get("period_to") or today
-        if last < first:
-            self.add_error("period_to", "The period must end on or after its first day.")
-        elif (last - first).days >= MAX_RANGE_DAYS:
-            self.add_error("period_to", f"A report covers at most {MAX_RANGE_DAYS} days.")
+        try:
+            self.period = local_days_period(first=first, last=last, zone=self.zone)
+        except ReportInvalid as exc:
+            self.add_error("period_to", str(exc))
         data["period_from"], data["period_to"], data["by"] = first, last, data.get("by") or "day"
         return data
 
@@ -97,10 +97,7 @@ class ReportForm(forms.Form):
         self.zone = zone
 
     def bounds(self) -> tuple[datetime, datetime]:
-        data = self.cleaned_data
-        return local_day_start(data["period_from"], self.zone), local_day_start(
-            data["period_to"] + timedelta(days=1), self.zone
-        )
+        return self.period
 
     def filters(self) -> MessageFilters:
         data = self.cleaned_data

@@ -7,15 +7,16 @@ from datetime import datetime
 from django import forms
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from core.selectors import customer_for_user
 
+from .api.reports import csv_stream_response
 from .models import SmsJob
 from .selectors import sms_client_for_customer
-from .selectors_jobs import job_list, job_report_csv, jobs_progress
+from .selectors_jobs import job_list, job_report_csv, job_report_filename, jobs_progress
 from .services.jobs import (
     JobFileInvalid,
     JobStateError,
@@ -23,12 +24,12 @@ from .services.jobs import (
     RequestRefused,
     job_cancel,
     job_create,
+    job_file_read,
     job_pause,
     job_resume,
 )
 
 PAGE_SIZE = 20
-MAX_FILE_BYTES = 20 * 1024 * 1024
 
 
 class JobUploadForm(forms.Form):
@@ -100,13 +101,10 @@ def jobs_page(request):
 def _upload(form: JobUploadForm, *, customer, zone) -> tuple[SmsJob | None, list[dict]]:
     data = form.cleaned_data
     upload = data["file"]
-    if upload.size > MAX_FILE_BYTES:
-        form.add_error("file", f"At most {MAX_FILE_BYTES // (1024 * 1024)} MB.")
-        return None, []
     try:
-        source = upload.read().decode("utf-8-sig")
-    except UnicodeDecodeError:
-        form.add_error("file", "The file is not UTF-8 text.")
+        source = job_file_read(upload=upload)
+    except RequestInvalid as exc:
+        form.add_error("file", exc.fields["file"])
         return None, []
     options: dict = {"text": data["text"]}
     if data.get("sender"):
@@ -160,6 +158,4 @@ def job_action(request, pk: int, operation: str):
 def job_report(request, pk: int):
     customer, _ = _client(request)
     job = _own_job(customer, pk)
-    response = StreamingHttpResponse(job_report_csv(job=job), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="sms-job-{job.pk}.csv"'
-    return response
+    return csv_stream_response(job_report_csv(job=job), request=request, filename=job_report_filename(job))

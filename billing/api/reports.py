@@ -1,7 +1,8 @@
 """Rerating, statements and reports in the billing API: thin views over `services.rerate` and `selectors.reports`.
 
 - `rerate` (staff): `POST` queues a what-if (202: a `queued` run a worker fills with the differences per account
-  and destination), `GET /{id}` polls it (status, progress), `POST /{id}/confirm` queues posting its adjustments
+  and destination), `GET /{id}` polls it (status, progress; a run whose task never reached a worker is sent again,
+  `rerate.rerate_runs_resume`), `POST /{id}/confirm` queues posting its adjustments
   (202 `confirming`; 200 once confirmed; 409 when not ready, failed, or stale: `rerate_stale`).
 - `statements/{account_id}` (staff; a customer for its own accounts only, others are 404): JSON or CSV
   (`?format=csv` or `Accept: text/csv`).
@@ -40,7 +41,13 @@ from ..selectors.reports import (
     revenue_report,
     unrated_report,
 )
-from ..services.rerate import RerateInvalid, RerateNotReady, rerate_confirm_request, rerate_request
+from ..services.rerate import (
+    RerateInvalid,
+    RerateNotReady,
+    rerate_confirm_request,
+    rerate_request,
+    rerate_runs_resume,
+)
 
 # --- Periods ----------------------------------------------------------------------------------------
 
@@ -254,6 +261,13 @@ class RerateViewSet(
         except RerateInvalid as exc:
             raise serializers.ValidationError({_API_FIELD.get(exc.field, exc.field): [str(exc)]}) from exc
         return Response(RerateRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+    def retrieve(self, request, *args, **kwargs):
+        """Poll a run; one whose task never reached a worker (or whose worker died) is sent again."""
+        run = self.get_object()
+        if rerate_runs_resume(run_id=run.pk):
+            run.refresh_from_db()
+        return Response(self.get_serializer(run).data)
 
     @extend_schema(
         summary="Confirm a what-if: queue posting its adjustments and re-pricing its CDRs (idempotent)",

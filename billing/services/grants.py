@@ -88,11 +88,14 @@ def credit_draw(*, account_id: int, amount: Decimal, use_ends_at: datetime, key:
         except _NoRoom:
             pass
         # A grant another request opened meanwhile is seen once it commits (the hold waits for its account lock):
-        # give back again then, so credit idle in grants never turns the request away.
+        # give back again then, so credit idle in grants never turns the request away. Each attempt is a savepoint
+        # rolled back when the hold does not fit, so no attempt starts holding the account row (locked by the give
+        # back or by the refused hold): grants are always locked before the account (reservations → accounts).
         for attempt in range(GIVE_BACK_ATTEMPTS):
-            _grants_give_back(cursor, account_ids=[account_id])
             try:
-                return hold_alone()
+                with transaction.atomic():
+                    _grants_give_back(cursor, account_ids=[account_id])
+                    return hold_alone()
             except InsufficientCredit:
                 if attempt == GIVE_BACK_ATTEMPTS - 1 or not _grants_undrawn(cursor, account_id=account_id):
                     raise

@@ -20,17 +20,22 @@ when the missing piece appears. Charges: one ledger entry per rated CDR with a p
 ``cdr:<source>:<source_id>``; the CDR and its charge are written in one transaction.
 
 **Minute packages.** A voice CDR whose account has a package covering the number is priced by
-``rating.price_with_package`` against the account's counter (``PackageUsage``) for the calendar month of the
-call's start in the operator's time zone: increments of the deck rate decide the billed seconds, the package prices
-them (included minutes, then tiers; beyond a bounded last tier the deck rate), the connect fee still applies. Calls
-are applied in the order they started (start, then source id), across imports too: a call that arrives after calls
-of its period that started later re-sequences the period (``packages.package_period_replay``): it is priced at its
-true position, the already-charged calls after it are re-priced at theirs and corrected by adjustment entries
+``rating.price_with_package`` against the account's counter (``PackageUsage``) for the calendar month of the call's
+start in the operator's time zone: increments of the deck rate decide the billed seconds, the package prices them
+(included minutes, then tiers; beyond a bounded last tier the deck rate), the connect fee still applies. Calls are
+applied in the order they started (start, then source id), across imports too: a call that arrives after calls of
+its period that started later re-sequences the period (``packages.package_period_replay``): it is priced at its true
+position, the already-charged calls after it are re-priced at theirs and corrected by adjustment entries
 (``resequence:<cdr id>:<late call's source>:<source id>``, once each; past entries are never edited), and the
-counter is set to the sum of the period's package seconds. The counter rows are locked (``SELECT … FOR
-UPDATE``, in a fixed order) in the transaction that stores the CDRs, and the duplicate check runs under that lock,
-so concurrent imports for one account stay right and a CDR seen twice never counts twice. When a package covers the
-number through several packages of the account, the one with the longest matching prefix (then by name) applies.
+counter is set to the sum of the period's package seconds. The later calls are re-priced under the account's current
+tariff, each looked up at its own start: rates are versioned by ``effective_from``, so a price dated after a call
+never reaches it. Not kept: a rate corrected in place (same ``effective_from``), a tariff switched since the call,
+or a candidate tariff a rerate run confirmed on the call — a re-sequence re-prices those calls under the current
+deck, and its adjustment carries that change too (a rerate what-if of the month shows and settles it). The counter
+rows are locked (``SELECT … FOR UPDATE``, in a fixed order) in the transaction that stores the CDRs, and the
+duplicate check runs under that lock, so concurrent imports for one account stay right and a CDR seen twice never
+counts twice. When a package covers the number through several packages of the account, the one with the longest
+matching prefix (then by name) applies.
 
 **Freephone (8-800).** A record with ``leg="combined"`` (the freephone platform's resulting CDR) is stored as two
 CDRs, origination and termination, with ``correlation_id`` = the platform's record id, source ids ``<id>:orig`` and
@@ -65,6 +70,7 @@ from .packages import (
     PackagePrice,
     accounts_lock,
     adjustments_post,
+    package_counters_lock,
     package_period_replay,
 )
 
@@ -425,16 +431,7 @@ def _usage_key(cdr: Cdr, package: _Package, ctx: RatingContext) -> tuple[int, in
 
 def _package_usage_lock(cdrs: list[Cdr], ctx: RatingContext) -> dict[tuple[int, int, date], PackageUsage]:
     """The counters these package CDRs move, created if missing and locked in one fixed order (no deadlocks)."""
-    keys = sorted({_usage_key(c, ctx.package_for(c.account, c.callee), ctx) for c in cdrs})
-    if not keys:
-        return {}
-    PackageUsage.objects.bulk_create(
-        [PackageUsage(account_id=a, package_id=p, period_start=d) for a, p, d in keys], ignore_conflicts=True
-    )
-    rows = PackageUsage.objects.select_for_update().filter(
-        account_id__in={k[0] for k in keys}, package_id__in={k[1] for k in keys}, period_start__in={k[2] for k in keys}
-    )
-    return {(u.account_id, u.package_id, u.period_start): u for u in rows.order_by("pk")}
+    return package_counters_lock(_usage_key(c, ctx.package_for(c.account, c.callee), ctx) for c in cdrs)
 
 
 def _period_bounds(period_start: date, ctx: RatingContext) -> tuple[datetime, datetime]:

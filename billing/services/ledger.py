@@ -282,7 +282,9 @@ def reservation_settle_many(settlements: list[Settlement]) -> set[str]:
     Reservations, then accounts, are locked in id order (the order `_close` takes them: no deadlock with other
     settlers, holds or the expiry sweep). The accounts are locked last, just before the commit, because an account
     row is the hot spot every hold of that customer waits on. A charge whose key was seen before changes nothing,
-    neither the balance nor the reservation. balance = sum of entries holds.
+    neither the balance nor the reservation. balance = sum of entries holds. A credit grant never keeps more undrawn
+    than it holds (a use that settles more than it drew eats into the undrawn part), so giving back its undrawn part
+    never takes more off ``Account.reserved`` than the grant held.
     """
     if not settlements:
         return set()
@@ -346,6 +348,7 @@ def reservation_settle_many(settlements: list[Settlement]) -> set[str]:
                 cursor,
                 f"""UPDATE {Reservation._meta.db_table} r SET
                       amount = v.left_amount,
+                      undrawn = CASE WHEN r.undrawn IS NOT NULL THEN least(r.undrawn, v.left_amount) END,
                       committed_amount = CASE WHEN v.charged > 0 OR r.committed_amount IS NOT NULL
                                               THEN coalesce(r.committed_amount, 0) + v.charged END,
                       status = CASE WHEN v.left_amount > 0 THEN r.status

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from .. import rating
 from ..choices import EntryKind
-from ..models import Account
+from ..models import Account, PackageUsage
 from .ledger import ledger_entries_post
 
 
@@ -119,6 +119,22 @@ class Adjustment:
     idempotency_key: str
     description: str
     cdr_id: int
+
+
+def package_counters_lock(keys) -> dict[tuple[int, int, date], PackageUsage]:
+    """Create (if missing) and lock the counters ``(account id, package id, month)``, in id order in one statement:
+    every writer of counters (import, re-sequencing, rerate confirm) takes them so, before any account, so none
+    deadlocks with another. Returns them by key."""
+    keys = sorted(set(keys))
+    if not keys:
+        return {}
+    PackageUsage.objects.bulk_create(
+        [PackageUsage(account_id=a, package_id=p, period_start=d) for a, p, d in keys], ignore_conflicts=True
+    )
+    rows = PackageUsage.objects.select_for_update().filter(
+        account_id__in={k[0] for k in keys}, package_id__in={k[1] for k in keys}, period_start__in={k[2] for k in keys}
+    )
+    return {(u.account_id, u.package_id, u.period_start): u for u in rows.order_by("pk")}
 
 
 def accounts_lock(account_ids) -> None:

@@ -5,7 +5,10 @@ A run (:class:`RerateRun`) goes ``queued`` → ``running`` → ``ready`` (the wh
 changed). :func:`rerate_request` checks the arguments and queues a run, :func:`rerate_confirm_request` queues its
 confirmation; both run on a Celery worker (``billing.tasks``, queue ``reports``) after the request's commit, which
 report progress on the run (``progress_done`` of ``progress_total`` CDRs). :func:`rerate_preview` and
-:func:`rerate_confirm` are the same work run inline.
+:func:`rerate_confirm` are the same work run inline. Either task may run twice (redelivery, a re-enqueue): a preview
+writes its result, progress or failure only onto a run still ``running``, a confirm only acts on a ``confirming``
+run under its row lock. A run whose task never reached a worker (broker down at commit) or whose worker died is sent
+again when it is polled (:func:`rerate_runs_resume`).
 
 The what-if writes nothing but the run. Confirming re-rates again, checks that the result is still the one
 previewed, and then, in one transaction:
@@ -64,7 +67,7 @@ from django.utils import timezone
 from .. import rating
 from ..choices import CdrStatus, EntryKind, Leg, RerateStatus, TariffKind
 from ..models import Account, Cdr, LedgerEntry, MinutePackage, PackageUsage, RerateRun, Tariff
-from .packages import PackageCall, package_period_replay
+from .packages import PackageCall, PackagePrice, package_counters_lock, package_period_replay
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +229,13 @@ class _New:
     package_seconds: int | None
     extra: dict
 
+    @classmethod
+    def of_package(cls, price: PackagePrice) -> "_New":
+        return cls(
+            _micro(price.price), price.billed_seconds, price.prefix, price.destination, price.package_seconds,
+            price.extra,
+        )  # fmt: skip
+
 
 @dataclass
 class _Row:
@@ -240,6 +250,13 @@ class _Row:
     old_package_seconds: int | None
     old_extra: dict
     new: _New | None
+
+    @classmethod
+    def stored(
+        cls, cdr_id, account_id, price, package_seconds, billed, prefix, destination, *, old_extra, new
+    ) -> "_Row":
+        """From a stored CDR's columns (``package_seconds`` None for grid legs) and its new rating."""
+        return cls(cdr_id, account_id, destination, _micro(price), billed, prefix, package_seconds, old_extra, new)
 
     def writes(self) -> bool:
         """Whether confirming rewrites it: any part of its rating differs."""
@@ -517,35 +534,16 @@ class _Rerating:
                     tz=self.tz,
                 )  # fmt: skip
                 self.counters[(account_id, model.pk, month)] = replay.used_seconds
-                rows = []
-                for values, price in zip(period, replay.prices, strict=True):
-                    cdr_id, start, _, _, _, old_price, seconds, billed, prefix, destination, _, parts = values
-                    if not self.start <= start < self.end:
-                        continue
-                    new = None
-                    if price is not None:
-                        new = _New(
-                            micro=_micro(price.price),
-                            billed=price.billed_seconds,
-                            prefix=price.prefix,
-                            destination=price.destination,
-                            package_seconds=price.package_seconds,
-                            extra=price.extra,
+                yield self._add_rows(
+                    [
+                        _Row.stored(
+                            values[0], account_id, *values[5:10], old_extra={"package_parts": values[11]},
+                            new=None if price is None else _New.of_package(price),
                         )
-                    rows.append(
-                        _Row(
-                            cdr_id=cdr_id,
-                            account_id=account_id,
-                            destination=destination,
-                            old_micro=_micro(old_price),
-                            old_billed=billed,
-                            old_prefix=prefix,
-                            old_package_seconds=seconds,
-                            old_extra={"package_parts": parts},
-                            new=new,
-                        )
-                    )
-                yield self._add_rows(rows)
+                        for values, price in zip(period, replay.prices, strict=True)
+                        if self.start <= values[1] < self.end
+                    ]
+                )  # fmt: skip
 
     def grid_rows(self) -> Iterator[list[_Row]]:
         """Freephone legs priced again on the tariff's class grid, as ingestion prices them."""
@@ -604,18 +602,11 @@ class _Rerating:
                     extra=patch,
                 )
             rows.append(
-                _Row(
-                    cdr_id=cdr_id,
-                    account_id=account_id,
-                    destination=destination,
-                    old_micro=_micro(price),
-                    old_billed=billed,
-                    old_prefix=prefix,
-                    old_package_seconds=None,
-                    old_extra={key: extra.get(key) for key in _GRID_KEYS},
-                    new=new,
+                _Row.stored(
+                    cdr_id, account_id, price, None, billed, prefix, destination,
+                    old_extra={key: extra.get(key) for key in _GRID_KEYS}, new=new,
                 )
-            )
+            )  # fmt: skip
             if len(rows) >= ROWS_BATCH:
                 yield self._add_rows(rows)
                 rows = []
@@ -737,13 +728,16 @@ def rerate_request(
 
 def _run_progress(run_id: int) -> Callable[[int, int], None]:
     def report(done: int, total: int) -> None:
-        RerateRun.objects.filter(pk=run_id).update(progress_done=done, progress_total=total, updated_at=timezone.now())
+        RerateRun.objects.filter(pk=run_id, status=RerateStatus.RUNNING).update(
+            progress_done=done, progress_total=total, updated_at=timezone.now()
+        )
 
     return report
 
 
-def _run_fail(run_id: int, code: str, error: Exception) -> RerateRun:
-    RerateRun.objects.filter(pk=run_id).exclude(status=RerateStatus.CONFIRMED).update(
+def _run_fail(run_id: int, code: str, error: Exception, *, was: str) -> RerateRun:
+    """Fail the run if it is still ``was`` (a duplicate task failing never fails a run that moved on)."""
+    RerateRun.objects.filter(pk=run_id, status=was).update(
         status=RerateStatus.FAILED,
         error_code=code,
         error=str(error)[:2000],
@@ -777,12 +771,19 @@ def rerate_run_preview(*, run_id: int) -> RerateRun:
         rerating.run()
     except Exception as error:
         log.exception("rerate run %s failed", run_id)
-        return _run_fail(run_id, "rerate_failed", error)
-    run.summary, run.status = rerating.summary(), RerateStatus.READY
-    run.progress_done = run.progress_total = rerating.total
-    run.finished_at = timezone.now()
-    run.save(update_fields=["summary", "status", "progress_done", "progress_total", "finished_at", "updated_at"])
-    return run
+        return _run_fail(run_id, "rerate_failed", error, was=RerateStatus.RUNNING)
+    # Only onto a run still running: the same task delivered twice (acks_late redelivery, a re-enqueue by
+    # rerate_runs_resume) computes the same result, and must never turn a run confirmed meanwhile back to ready.
+    now = timezone.now()
+    RerateRun.objects.filter(pk=run_id, status=RerateStatus.RUNNING).update(
+        summary=rerating.summary(),
+        status=RerateStatus.READY,
+        progress_done=rerating.total,
+        progress_total=rerating.total,
+        finished_at=now,
+        updated_at=now,
+    )
+    return RerateRun.objects.select_related("account", "tariff").get(pk=run_id)
 
 
 def rerate_preview(
@@ -823,10 +824,41 @@ def rerate_run_confirm(*, run_id: int) -> RerateRun:
     try:
         return rerate_confirm(run=run)
     except RerateStale as error:
-        return _run_fail(run_id, "rerate_stale", error)
+        return _run_fail(run_id, "rerate_stale", error, was=RerateStatus.CONFIRMING)
     except Exception as error:
         log.exception("confirming rerate run %s failed", run_id)
-        return _run_fail(run_id, "rerate_failed", error)
+        return _run_fail(run_id, "rerate_failed", error, was=RerateStatus.CONFIRMING)
+
+
+RESUME_AFTER = timedelta(minutes=1)
+RESUME_RUNNING_AFTER = timedelta(minutes=10)
+_RESUMED_TASK = {
+    RerateStatus.QUEUED: "rerate_run_preview_task",
+    RerateStatus.RUNNING: "rerate_run_preview_task",
+    RerateStatus.CONFIRMING: "rerate_run_confirm_task",
+}
+
+
+def rerate_runs_resume(*, run_id: int | None = None, now: datetime | None = None) -> int:
+    """Send again the task of runs no worker is at: ``queued`` or ``confirming`` untouched for ``RESUME_AFTER`` (the
+    broker was down when it was enqueued: ``on_commit(robust=True)`` only logs that), or ``running`` with no progress
+    for ``RESUME_RUNNING_AFTER`` (its worker died). A run a worker is confirming holds its row lock and is skipped.
+    Both tasks are safe to run twice. Called when a run is polled (API, console), ``run_id`` then names it; returns
+    how many were sent again."""
+    now = now or timezone.now()
+    stuck = Q(status__in=[RerateStatus.QUEUED, RerateStatus.CONFIRMING], updated_at__lt=now - RESUME_AFTER) | Q(
+        status=RerateStatus.RUNNING, updated_at__lt=now - RESUME_RUNNING_AFTER
+    )
+    runs = RerateRun.objects.filter(stuck)
+    if run_id is not None:
+        runs = runs.filter(pk=run_id)
+    with transaction.atomic():
+        resumed = list(runs.select_for_update(skip_locked=True).order_by("pk").values_list("pk", "status"))
+        RerateRun.objects.filter(pk__in=[pk for pk, _ in resumed]).update(updated_at=now)  # once a period, not a poll
+        for pk, status in resumed:
+            log.warning("rerate run %s was %s with no worker at it: its task is sent again", pk, status)
+            _enqueue(_RESUMED_TASK[status], pk)
+    return len(resumed)
 
 
 # --- confirming ------------------------------------------------------------------------------------------------------
@@ -896,19 +928,6 @@ def _copy_rows(cursor, rows: list[_Row]) -> int:
     return len(changed)
 
 
-def _counters_lock(keys: list[tuple[int, int, date]]) -> None:
-    """Create (if missing) and lock the package counters, in id order, as ingestion does (no deadlocks with it)."""
-    if not keys:
-        return
-    PackageUsage.objects.bulk_create(
-        [PackageUsage(account_id=a, package_id=p, period_start=d) for a, p, d in keys], ignore_conflicts=True
-    )
-    rows = PackageUsage.objects.select_for_update().filter(
-        account_id__in={k[0] for k in keys}, package_id__in={k[1] for k in keys}, period_start__in={k[2] for k in keys}
-    )
-    list(rows.order_by("pk").values_list("pk", flat=True))
-
-
 def rerate_confirm(*, run: RerateRun) -> RerateRun:
     """Post the run's differences as adjustment entries and write the new ratings on its CDRs (see module doc).
 
@@ -938,7 +957,7 @@ def rerate_confirm(*, run: RerateRun) -> RerateRun:
         now = timezone.now()
         entries, cdrs, accounts = LedgerEntry._meta.db_table, Cdr._meta.db_table, Account._meta.db_table
         # Package counters first (ingestion takes them before the accounts too), then re-rate under their lock.
-        _counters_lock(rerating.counter_keys())
+        package_counters_lock(rerating.counter_keys())
         with connection.cursor() as cursor:
             cursor.execute(_CREATE_ROWS)
             cursor.execute("TRUNCATE _rerate_rows")

@@ -1,10 +1,11 @@
 """Credit grants: many small holds drawn from one grant, settled in shares, never below the credit limit."""
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.db.models import Sum
 from django.utils import timezone
 from django_tenants.utils import schema_context
@@ -121,3 +122,62 @@ def test_racing_draws_from_several_processes_never_go_below_the_limit(world, dja
             Reservation.objects.filter(account=account).delete()
             LedgerEntry.objects.filter(account=account).delete()
             account.delete()
+
+
+def test_a_use_settling_more_than_it_drew_never_leaves_a_grant_owing_credit_back(account):
+    # Given a grant of 10 x 1.00 with one use of 1.00 drawn (9.00 undrawn)
+    grant_id = draw(account, "1")
+    # When that use is charged 5.00 (more than it drew) and the idle grant gives back what it still holds
+    reservation_settle_many([Settlement(account.pk, grant_id, charge=Decimal("5"), idempotency_key="use-big")])
+    grant = Reservation.objects.get(pk=grant_id)
+    assert (grant.amount, grant.undrawn) == (Decimal("5"), Decimal("5"))
+    grants_idle_release(now=timezone.now() + timedelta(minutes=5))
+    # Then it gives back the 5.00 it held, not the 9.00 it had not lent: reserved = sum of held amounts = 0
+    grant.refresh_from_db()
+    account.refresh_from_db()
+    assert (grant.amount, grant.undrawn, grant.status) == (0, 0, "committed")
+    assert account.reserved == 0 == held_sum(account)
+
+
+def test_a_refused_draw_changes_nothing_and_holds_no_lock_on_the_account(world, settings, django_db_blocker):
+    settings.BILLING_GRANT_USES = 10
+    with django_db_blocker.unblock(), schema_context("demo"):
+        account = Account.objects.create(name="Refused", code="grant-refused", currency="EUR")
+        try:
+            account_topup(account=account, amount=Decimal("10"), idempotency_key="grant-refused-topup")
+            # Given 4.70 idle in two grants and nothing else free
+            draw(account, "0.5", key="r1")
+            draw(account, "4.8", key="r2")
+            before = list(Reservation.objects.filter(account=account).order_by("pk").values_list("amount", "undrawn"))
+            with transaction.atomic():
+                # When a draw of 6.00 does not fit even with the idle credit given back
+                with pytest.raises(InsufficientCredit):
+                    credit_draw(
+                        account_id=account.pk, amount=Decimal("6"), use_ends_at=timezone.now(), key="too-big"
+                    )
+                # Then, while the caller's transaction goes on, another one can lock the account (a later lock of a
+                # grant by this transaction cannot deadlock with a settlement holding the grant and waiting for
+                # the account) …
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    assert pool.submit(_account_lockable, account.pk).result() is True
+            # … and the grants hold what they held
+            account.refresh_from_db()
+            after = list(Reservation.objects.filter(account=account).order_by("pk").values_list("amount", "undrawn"))
+            assert after == before and account.reserved == Decimal("10") == held_sum(account)
+        finally:
+            Reservation.objects.filter(account=account).delete()
+            LedgerEntry.objects.filter(account=account).delete()
+            account.delete()
+
+
+def _account_lockable(account_id: int) -> bool:
+    from django.db import connection
+
+    try:
+        with schema_context("demo"), transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(f"SELECT id FROM {Account._meta.db_table} WHERE id = %s FOR UPDATE NOWAIT", [account_id])
+            return True
+    except OperationalError:
+        return False
+    finally:
+        connection.close()

@@ -7,15 +7,16 @@ was wrongly 0.18/min; the deck now says 0.20/min + 0.05 connect fee: 60 billed s
 
 import csv
 import io
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
 from billing.choices import EntryKind, TariffKind
-from billing.models import Cdr, LedgerEntry, Rate, Tariff
+from billing.models import Cdr, LedgerEntry, Rate, RerateRun, Tariff
 from billing.services import account_create, ledger_post
 from billing.tests.test_rerate import rerate_tasks_run
 from core.choices import CustomerKind
@@ -367,3 +368,36 @@ def test_another_operators_key_is_refused_everywhere(demo_client, books, rival_k
     response = getattr(demo_client, method)(url, **rival_key)
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "authentication_failed"
+
+
+def test_a_run_whose_task_never_reached_a_worker_is_sent_again_when_polled(
+    demo_client, books, in_schema, django_capture_on_commit_callbacks
+):
+    # Given a what-if whose task was lost (the broker was down at commit)
+    with django_capture_on_commit_callbacks():
+        run = _preview(demo_client, books, account=books["acme"].pk).json()
+    # When it is polled at once, nothing is sent again: a worker may just not have got to it yet
+    with django_capture_on_commit_callbacks() as callbacks:
+        assert _ran(demo_client, books, run["id"])["status"] == "queued"
+    assert rerate_tasks_run(callbacks) == []
+    # When it is polled after a minute still queued, its task is sent again, once per minute
+    with in_schema("demo"):
+        RerateRun.objects.filter(pk=run["id"]).update(updated_at=timezone.now() - timedelta(minutes=2))
+    with django_capture_on_commit_callbacks() as callbacks:
+        _ran(demo_client, books, run["id"])
+        _ran(demo_client, books, run["id"])
+    assert rerate_tasks_run(callbacks) == ["ready"]
+    # The same for a confirmation whose task was lost
+    with django_capture_on_commit_callbacks():
+        demo_client.post(f"/api/v1/billing/rerate/{run['id']}/confirm", **books["staff"])
+    with in_schema("demo"):
+        RerateRun.objects.filter(pk=run["id"]).update(updated_at=timezone.now() - timedelta(minutes=2))
+    with django_capture_on_commit_callbacks() as callbacks:
+        assert _ran(demo_client, books, run["id"])["status"] == "confirming"
+    assert rerate_tasks_run(callbacks) == ["confirmed"]
+    assert _ran(demo_client, books, run["id"])["summary"]["confirmed"]["entries"] == 1
+
+
+def test_a_customer_cannot_list_rerate_runs(acme_client, demo_client, books):
+    _preview(demo_client, books)
+    assert acme_client.get("/api/v1/billing/rerate", **books["boss"]).status_code == 403

@@ -395,3 +395,51 @@ def test_two_confirms_racing_post_the_adjustments_once(committed_race, django_db
         account.refresh_from_db()
         assert account.balance == LedgerEntry.objects.filter(account=account).aggregate(t=Sum("amount"))["t"]
         assert account.balance == Decimal("-12.500000")  # 50 × 0.23 charged, then 50 × 0.02 adjusted
+
+
+@pytest.mark.django_db
+def test_a_preview_task_delivered_twice_never_turns_a_confirmed_run_back(books, monkeypatch):
+    # Given a queued what-if whose task is delivered twice (acks_late redelivery): the second delivery claims the
+    # run while the first is still computing, and the first one's run is confirmed before the second one finishes
+    run = rerate_module.rerate_request(start=JAN, end=FEB, account=books["acme"], enqueue=False)
+    original_run = rerate_module._Rerating.run
+    other_worker = {"done": False}
+
+    def run_then_let_the_other_worker_finish(rerating):
+        original_run(rerating)
+        if not other_worker["done"]:
+            other_worker["done"] = True
+            assert rerate_module.rerate_run_preview(run_id=run.pk).status == RerateStatus.READY
+            rerate_module.rerate_confirm_request(run=run)
+            assert rerate_module.rerate_run_confirm(run_id=run.pk).status == RerateStatus.CONFIRMED
+
+    monkeypatch.setattr(rerate_module._Rerating, "run", run_then_let_the_other_worker_finish)
+    # When the slow delivery finishes
+    late = rerate_module.rerate_run_preview(run_id=run.pk)
+    # Then the run stays confirmed, with what confirming wrote
+    run.refresh_from_db()
+    assert late.status == run.status == RerateStatus.CONFIRMED
+    assert run.summary["confirmed"] == {"entries": 2, "adjusted": "-0.060000", "cdrs": 2}
+
+
+@pytest.mark.django_db
+def test_a_duplicate_preview_task_failing_never_fails_a_run_that_moved_on(books, monkeypatch):
+    # Given a what-if delivered twice: the other delivery makes it ready and it is sent to confirm, then this one's
+    # worker fails
+    run = rerate_module.rerate_request(start=JAN, end=FEB, account=books["acme"], enqueue=False)
+    original_run = rerate_module._Rerating.run
+    calls = []
+
+    def other_worker_finishes_then_this_one_fails(rerating):
+        calls.append(rerating)
+        if len(calls) > 1:
+            return original_run(rerating)
+        assert rerate_module.rerate_run_preview(run_id=run.pk).status == RerateStatus.READY
+        rerate_module.rerate_confirm_request(run=run)
+        raise RuntimeError("worker lost its database")
+
+    monkeypatch.setattr(rerate_module._Rerating, "run", other_worker_finishes_then_this_one_fails)
+    failed = rerate_module.rerate_run_preview(run_id=run.pk)
+    # Then the run is still confirming, and its confirmation goes through
+    assert (failed.status, failed.error_code) == (RerateStatus.CONFIRMING, "")
+    assert rerate_module.rerate_run_confirm(run_id=run.pk).status == RerateStatus.CONFIRMED

@@ -32,3 +32,15 @@ class StaffWritesCustomersRead(BasePermission):
         if customer_for_user(user=user) is None:
             return user.is_staff
         return request.method in SAFE_METHODS
+
+
+class StaffOrCustomer(BasePermission):
+    """The operator's staff, or a customer's login (the view scopes what it sees and does to its own rows)."""
+
+    message = "Only the operator's staff or a customer may do this."
+
+    def has_permission(self, request, view):
+        user = request.user
+        if not (user and user.is_authenticated):
+            return False
+        return customer_for_user(user=user) is not None or user.is_staff

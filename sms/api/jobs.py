@@ -5,7 +5,6 @@ An SMS client's logins and keys create jobs and see, pause, resume and cancel th
 404); the operator's staff see and steer every job of the operator.
 """
 
-from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -17,16 +16,16 @@ from drf_spectacular.utils import (
 from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
-from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.errors import Conflict
+from core.api.permissions import StaffOrCustomer
 from core.api.viewsets import CustomerScopedMixin
 from core.selectors import customer_for_user
 
 from ..models import JobRowOutcome, JobStatus, Message, SmsJob
-from ..selectors_jobs import job_report_csv, job_rows, jobs_progress
+from ..selectors_jobs import job_report_csv, job_report_filename, job_rows, jobs_progress
 from ..services.jobs import (
     JobFileInvalid,
     JobStateError,
@@ -34,26 +33,15 @@ from ..services.jobs import (
     RequestRefused,
     job_cancel,
     job_create,
+    job_file_read,
+    job_file_too_large_message,
     job_pause,
     job_resume,
+    job_upload_too_large,
     message_cancel,
 )
+from .reports import csv_stream_response
 from .serializers import MessageSerializer, choice
-
-MAX_FILE_BYTES = 20 * 1024 * 1024
-
-
-class IsCustomerOrStaff(BasePermission):
-    """A customer's login (the queryset scopes it to its own rows) or the operator's staff."""
-
-    message = "Only the operator's staff or the client itself may do this."
-
-    def has_permission(self, request, view):
-        user = request.user
-        if not (user and user.is_authenticated):
-            return False
-        return customer_for_user(user=user) is not None or user.is_staff
-
 
 # --- serializers ---
 
@@ -191,7 +179,7 @@ def _refused(exc: RequestRefused) -> Response:
 class SmsJobViewSet(CustomerScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     queryset = SmsJob.objects.select_related("customer")
     serializer_class = JobSerializer
-    permission_classes = [IsCustomerOrStaff]
+    permission_classes = [StaffOrCustomer]
     customer_field = "customer"
     filterset_fields = ["status"]
     ordering_fields = ["id", "created_at", "scheduled_at"]
@@ -215,16 +203,16 @@ class SmsJobViewSet(CustomerScopedMixin, mixins.ListModelMixin, mixins.RetrieveM
         },
     )
     def create(self, request, *args, **kwargs):
+        if job_upload_too_large(request.META.get("CONTENT_LENGTH")):  # refused before the body is read
+            raise exceptions.ValidationError({"file": [job_file_too_large_message()]})
         data = request.data
         upload = data.get("file")
         if upload is None or isinstance(upload, str):
             raise exceptions.ValidationError({"file": ["Upload the CSV file as `file` (multipart/form-data)."]})
-        if upload.size > MAX_FILE_BYTES:
-            raise exceptions.ValidationError({"file": [f"At most {MAX_FILE_BYTES // (1024 * 1024)} MB."]})
         try:
-            source = upload.read().decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise exceptions.ValidationError({"file": [f"The CSV is not UTF-8: {exc}"]}) from exc
+            source = job_file_read(upload=upload)
+        except RequestInvalid as exc:
+            raise exceptions.ValidationError(exc.fields) from exc
         fields = ("text", "from", "scheduled_at", "callback_url")
         options = {k: data[k] for k in fields if data.get(k) not in (None, "")}
         if data.get("validity") not in (None, ""):
@@ -299,16 +287,14 @@ class SmsJobViewSet(CustomerScopedMixin, mixins.ListModelMixin, mixins.RetrieveM
     @action(detail=True, methods=["get"], url_path="report.csv", url_name="report-csv")
     def report_csv(self, request, pk=None):
         job = self.get_object()
-        response = StreamingHttpResponse(job_report_csv(job=job), content_type="text/csv; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="sms-job-{job.pk}.csv"'
-        return response
+        return csv_stream_response(job_report_csv(job=job), request=request, filename=job_report_filename(job))
 
 
 class MessageCancelView(APIView):
     """Cancel a queued message (a scheduled one, or one still waiting): its credit is returned. Once a submitter has
     taken it, it is too late (409)."""
 
-    permission_classes = [IsCustomerOrStaff]
+    permission_classes = [StaffOrCustomer]
 
     @extend_schema(
         summary="Cancel a message not yet submitted (e.g. scheduled); its credit is returned",

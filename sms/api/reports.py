@@ -26,19 +26,20 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing.api.reports import PeriodBoundField, StaffOrCustomer
+from billing.api.reports import PeriodBoundField
 from billing.selectors.reports import operator_time_zone
+from core.api.permissions import StaffOrCustomer
 from core.selectors import customer_for_user
 
 from ..choices import MessageStatus
 from ..models import Message, SmsClient
 from ..selectors_reports import (
-    MAX_RANGE_DAYS,
     REPORT_GROUPS,
     MessageFilters,
     ReportInvalid,
     lines_async,
     local_today,
+    report_period_check,
     sms_client_names,
     sms_message_report,
     sms_message_report_csv,
@@ -86,12 +87,10 @@ class ReportPeriodSerializer(serializers.Serializer):
         today, tomorrow = local_today(tz=self.context["time_zone"])
         attrs.setdefault("from", self.default_start(zone, today))
         attrs.setdefault("to", tomorrow)
-        if attrs["to"] <= attrs["from"]:
-            raise serializers.ValidationError({"to": ["`to` must be after `from`."]})
-        if attrs["to"] - attrs["from"] > timedelta(days=MAX_RANGE_DAYS):
-            raise serializers.ValidationError(
-                {"to": [f"A report covers at most {MAX_RANGE_DAYS} days; ask for a shorter period."]}
-            )
+        try:
+            report_period_check(start=attrs["from"], end=attrs["to"])
+        except ReportInvalid as exc:
+            raise _invalid(exc) from exc
         return attrs
 
 

@@ -1,8 +1,10 @@
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Cast
+from django.db.models.sql.where import AND, WhereNode
 
-from billing.models import Reservation, money_field
+from billing.models import Cdr, Reservation, money_field
 from core.models import Customer
 
 from ..choices import FINAL_STATUSES, CallbackState, EventStatus, MessageStatus, PartStatus
@@ -31,6 +33,44 @@ class MessageQuerySet(models.QuerySet):
 
     def of_customer(self, customer):
         return self.filter(customer=customer)
+
+
+CDR_SOURCE = "sms"  # billing.Cdr.source of a message's charge; its source_id is the message id
+
+
+class ChargeCdr(models.ForeignObject):
+    """A message's charge record in billing (`Cdr` with source "sms" and source_id the message id), if it was
+    charged: its `units` and `price` are the parts and credit kept after any refund, its `cost` the gateways' cost.
+
+    Joins ``LEFT JOIN billing_cdr ON source = 'sms' AND source_id = message.id::text`` (the CDR's unique index serves
+    it). A private field, as Django's GenericRelation is: no column, no migration.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.update(from_fields=["id"], to_fields=["source_id"], on_delete=models.DO_NOTHING, related_name="+")
+        kwargs.setdefault("null", True)
+        super().__init__(Cdr, **kwargs)
+
+    def contribute_to_class(self, cls, name, **kwargs):
+        kwargs["private_only"] = True
+        super().contribute_to_class(cls, name, **kwargs)
+
+    def get_joining_fields(self, reverse_join=False):
+        return ()  # the whole condition is in get_extra_restriction (the id must be cast to text, not the reverse)
+
+    def get_extra_restriction(self, alias, related_alias):
+        source, source_id = Cdr._meta.get_field("source"), Cdr._meta.get_field("source_id")
+        message_id = Cast(self.model._meta.pk.get_col(related_alias), models.CharField())
+        return WhereNode(
+            [
+                source.get_lookup("exact")(source.get_col(alias), CDR_SOURCE),
+                source_id.get_lookup("exact")(source_id.get_col(alias), message_id),
+            ],
+            connector=AND,
+        )
+
+    def get_extra_descriptor_filter(self, instance):
+        return {"source": CDR_SOURCE}
 
 
 class Message(models.Model):
@@ -79,6 +119,7 @@ class Message(models.Model):
     )
     charged_at = models.DateTimeField(null=True, blank=True, help_text="When its charge was posted to the ledger.")
     refunded_at = models.DateTimeField(null=True, blank=True)
+    charge_cdr = ChargeCdr()
     claimed_by = models.CharField(max_length=40, blank=True, help_text="The submitter process working on it.")
     not_before = models.DateTimeField(help_text="Not submitted before this: the scheduled time, or a retry pause.")
     submitted_at = models.DateTimeField(null=True, blank=True)

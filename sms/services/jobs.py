@@ -58,6 +58,33 @@ def max_job_rows() -> int:
     return int(getattr(settings, "SMS_JOB_MAX_ROWS", 100_000))
 
 
+def max_file_bytes() -> int:
+    return int(getattr(settings, "SMS_JOB_MAX_FILE_BYTES", 20 * 1024 * 1024))
+
+
+def job_upload_too_large(content_length: str | int | None) -> bool:
+    """Whether a request announcing this body size cannot hold an acceptable file (checked before reading it)."""
+    try:
+        return int(content_length or 0) > max_file_bytes() + 64 * 1024  # room for the form's other fields
+    except ValueError:
+        return False
+
+
+def job_file_read(*, upload) -> str:
+    """The uploaded CSV as text; RequestInvalid naming ``file`` when it is too large or not UTF-8."""
+    if upload.size > max_file_bytes():
+        raise RequestInvalid({"file": [job_file_too_large_message()]})
+    try:
+        return upload.read().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise RequestInvalid({"file": [f"The file is not UTF-8 text: {exc}."]}) from exc
+
+
+def job_file_too_large_message() -> str:
+    limit = max_file_bytes()
+    return f"At most {limit // (1024 * 1024)} MB." if limit >= 1024 * 1024 else f"At most {limit} bytes."
+
+
 class JobFileInvalid(Exception):
     """The file cannot be a job; ``errors`` lists every bad line: ``{"line", "column", "reason"}``."""
 

@@ -32,6 +32,7 @@ from billing.services import PreratedUsage, Settlement, ledger_post, reservation
 
 from ..choices import EventStatus, MessageStatus, PartStatus, RejectReason
 from ..models import IncomingMessage, ListEntry, Message, MessagePart
+from ..models.messages import CDR_SOURCE
 from ..receipts import message_id_variants, normalise_message_id
 from ..selectors import SmsConfig, sms_config_get
 from .bulk import rows_insert, rows_update
@@ -52,7 +53,6 @@ PART_COLUMNS = (
     ("updated_at", "timestamptz"),
 )
 DEFER_S = 5  # a message no gateway can take now waits this long before it is tried again
-CDR_SOURCE = "sms"
 
 _MESSAGE_FIELDS = (
     "id",

@@ -40,6 +40,8 @@ INTERNAL_URLS = [
     "http://[fd00::1]/dlr",
     "http://[::ffff:127.0.0.1]/dlr",
     "http://[::ffff:a9fe:a9fe]/dlr",  # IPv4-mapped 169.254.169.254, in hex
+    "http://[fec0::1]/dlr",  # IPv6 site-local: deprecated, still routed inside some networks; Python calls it global
+    "http://[64:ff9b::a9fe:a9fe]/dlr",  # NAT64 form of 169.254.169.254
 ]
 MALFORMED_URLS = ["ftp://hooks.example.com/dlr", "http://user:pw@hooks.example.com/dlr", "file:///etc/passwd"]
 

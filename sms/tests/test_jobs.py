@@ -2,6 +2,8 @@
 paused → resumed → done, cancelling with credit back, pausing when out of credit, waiting on 429, and feeding
 that survives a crash between (or inside) chunks without sending a row twice."""
 
+import csv
+import io
 from datetime import timedelta
 from decimal import Decimal
 
@@ -15,7 +17,7 @@ from billing.models import Account
 from billing.services import account_topup
 from config.celery_app import app
 from sms.models import JobRowOutcome, JobStatus, Message, SmsJob, SmsJobRow
-from sms.selectors_jobs import job_progress
+from sms.selectors_jobs import job_progress, job_report_csv
 from sms.services import messages_claim
 from sms.services.jobs import (
     HOLD_UNTIL,
@@ -122,6 +124,21 @@ def test_invalid_numbers_and_overlong_texts_are_rows_refused_in_the_report_not_a
     ]
     assert rows[1][2].startswith("Invalid number") and "too long" in rows[2][2] and "empty" in rows[3][2]
     assert (job.total_rows, job.invalid_rows, job.status) == (4, 3, JobStatus.RUNNING)
+
+
+def test_the_job_report_csv_neutralises_numbers_and_reasons_a_spreadsheet_would_run(sms_world, in_schema):
+    source = csv_of(['"=HYPERLINK(""http://evil/""),x",Ann', "@SUM(1),Bob", "+34612345601,Cy"], "to,name")
+    with in_schema("demo"):
+        job = make_job(sms_world, source, text="{name}")
+        lines = list(csv.reader(io.StringIO("".join(job_report_csv(job=job)))))
+    assert [line[1] for line in lines[1:]] == ['\'=HYPERLINK("http://evil/"),x', "'@SUM(1)", "+34612345601"]
+
+
+def test_a_template_cannot_reach_attributes_of_the_values_format_style(sms_world, in_schema):
+    with in_schema("demo"), pytest.raises(JobFileInvalid) as error:
+        make_job(sms_world, csv_of(["+34612345601,Ann"]), text="{name.__class__} {0.__class__.__mro__} {name!r}")
+    assert {e["column"] for e in error.value.errors} == {"name.__class__", "0.__class__.__mro__", "name!r"}
+    assert template_fill("{name} {{name.__class__}}", {"name": "{0.__class__}"}) == "{0.__class__} {name.__class__}"
 
 
 def test_semicolon_files_and_column_names_in_any_case_work(sms_world, in_schema):

@@ -2,12 +2,14 @@
 
 import csv
 import io
-from datetime import timedelta
+from datetime import UTC, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import Client
+from django.test import Client, override_settings
 from django.utils import timezone
 
 from config.celery_app import app
@@ -248,3 +250,61 @@ def test_the_console_lists_jobs_and_cancels_them(demo_client, sms_world, in_sche
     assert response.status_code == 200
     with in_schema("demo"):
         assert SmsJob.objects.get(pk=job["id"]).status == "cancelled"
+
+
+def test_console_staff_who_may_only_view_jobs_cannot_steer_delete_or_bypass_the_report_permission(
+    demo_client, sms_world, in_schema
+):
+    job = upload(demo_client, sms_world.auth).json()
+    with in_schema("demo"):
+        viewer = get_user_model().objects.create_user("viewer@demo.localhost", password="x", is_staff=True)
+        viewer.user_permissions.add(Permission.objects.get(codename="view_smsjob"))
+        get_user_model().objects.create_user("nobody@demo.localhost", password="x", is_staff=True)
+    login_as(demo_client, "demo", "viewer@demo.localhost")
+    page = demo_client.get("/admin/sms/smsjob/")
+    assert page.status_code == 200 and 'value="cancel"' not in page.content.decode()
+    demo_client.post("/admin/sms/smsjob/", {"action": "cancel", "_selected_action": [job["id"]]})
+    with in_schema("demo"):
+        assert SmsJob.objects.get(pk=job["id"]).status == "running"  # the action was not run
+        SmsJob.objects.filter(pk=job["id"]).update(status="done")
+    assert demo_client.get(f"/admin/sms/smsjob/{job['id']}/delete/").status_code == 403
+    assert demo_client.get(f"/admin/sms/smsjob/{job['id']}/report.csv").status_code == 200
+    login_as(demo_client, "demo", "nobody@demo.localhost")  # staff, but no permission on jobs
+    assert demo_client.get(f"/admin/sms/smsjob/{job['id']}/report.csv").status_code == 403
+
+
+def test_the_panel_shows_job_times_in_the_operators_time_zone(sms_world, in_schema):
+    from tenants.models import Operator
+
+    zone = ZoneInfo(Operator.objects.get(schema_name="demo").time_zone)
+    http = panel_for(sms_world, in_schema)
+    at = (timezone.now() + timedelta(days=2)).astimezone(zone).replace(hour=9, minute=30, second=0, microsecond=0)
+    created = http.post(
+        "/sms/jobs/",
+        {
+            "file": SimpleUploadedFile("p.csv", FILE.encode()),
+            "text": "Hi {name}",
+            "sender": "TEXTCO",
+            "scheduled_at": at.strftime("%Y-%m-%dT%H:%M"),  # typed in the operator's zone
+        },
+    )
+    assert created.status_code == 302
+    listing = http.get("/sms/jobs/").content.decode()
+    assert at.strftime("%Y-%m-%d %H:%M") in listing
+    assert at.astimezone(UTC).strftime("%Y-%m-%d %H:%M") not in listing  # Madrid is never UTC+0
+
+
+@override_settings(SMS_JOB_MAX_FILE_BYTES=200)
+def test_a_file_over_the_size_limit_is_a_400_naming_the_file_in_the_api_and_the_panel(
+    demo_client, sms_world, in_schema
+):
+    big = "to,name\n" + "".join(f"+346123456{i:02d},Name\n" for i in range(20))  # 20 lines, over 200 bytes
+    response = upload(demo_client, sms_world.auth, source=big)
+    assert response.status_code == 400 and "200 bytes" in response.json()["error"]["fields"]["file"][0]
+    announced = demo_client.post(JOBS, {"text": "x"}, CONTENT_LENGTH=str(10**9), **sms_world.auth)
+    assert announced.status_code == 400 and "file" in announced.json()["error"]["fields"]
+    http = panel_for(sms_world, in_schema)
+    page = http.post("/sms/jobs/", {"file": SimpleUploadedFile("p.csv", big.encode()), "text": "x", "sender": "TEXTCO"})
+    assert page.status_code == 400 and "200 bytes" in page.content.decode()
+    with in_schema("demo"):
+        assert not SmsJob.objects.exists()

