@@ -9,8 +9,8 @@ module in a process of its own, so every benchmark gets a fresh Django and canno
   created empty at the start of each run, so runs are repeatable, and dropped at the end (the runner only uses the
   developer's own database to create and drop it, and holds an advisory lock named after the bench database there
   meanwhile, so a second ``make bench`` on the same database waits its turn);
-- ``REDIS_URL`` naming Redis database 15 (``OC_BENCH_REDIS_DB`` names another) of the same Redis, flushed at the
-  start (throttle counters of a previous run must not throttle this one);
+- ``REDIS_URL`` naming Redis database 15 (``OC_BENCH_REDIS_DB`` names another) of the same Redis, also the Celery
+  broker's, flushed before each benchmark (throttle counters of a previous run must not throttle this one);
 - ``OPENCARRIER_BENCH=1``, which a benchmark that writes checks before it touches the database.
 
 Each module has at most BENCH_TIMEOUT_S seconds (environment, default 600); past that its whole process group,
@@ -158,12 +158,14 @@ def main(modules: list[str]) -> int:
     failed = []
     with bench_database(database_url) as bench_database_url:
         bench_redis_url = with_redis_db(redis_url, BENCH_REDIS_DB)
-        redis.Redis.from_url(bench_redis_url).flushdb()
         env = dict(os.environ, DATABASE_URL=bench_database_url, REDIS_URL=bench_redis_url, OPENCARRIER_BENCH="1")
+        env["OC_TEST_REDIS_DB"] = str(BENCH_REDIS_DB)  # the Celery broker too (the test settings' virtual_host)
         env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
         env.setdefault("LOG_LEVEL", "WARNING")
         env["PYTHONUNBUFFERED"] = "1"  # figures show up as they are measured
         for module in modules:
+            # Nothing an earlier benchmark left behind (queued tasks, counters, flags) may work against this one.
+            redis.Redis.from_url(bench_redis_url).flushdb()
             if not module_run(module, env):
                 failed.append(module)
     if failed:

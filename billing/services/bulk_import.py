@@ -472,7 +472,7 @@ def _batch_write(batch: _Batch) -> _Written:
         if not cursor.fetchone()[0]:
             try:
                 with transaction.atomic():
-                    cursor.copy_expert(f"COPY {table} ({_COLUMNS}) FROM STDIN (FORMAT csv)", rows, size=1 << 20)
+                    cursor.copy_expert(f"COPY {table} ({_COLUMNS}) FROM STDIN (FORMAT csv)", rows, 1 << 20)
                 inserted = np.ones(len(batch.source_ids), dtype=bool)
             except psycopg2.errors.UniqueViolation:
                 inserted = None  # some were stored before: take the slower path that skips them
@@ -483,7 +483,7 @@ def _batch_write(batch: _Batch) -> _Written:
             )
             cursor.execute("TRUNCATE _cdr_bulk")
             rows.seek(0)
-            cursor.copy_expert(f"COPY _cdr_bulk ({_COLUMNS}) FROM STDIN (FORMAT csv)", rows, size=1 << 20)
+            cursor.copy_expert(f"COPY _cdr_bulk ({_COLUMNS}) FROM STDIN (FORMAT csv)", rows, 1 << 20)
             cursor.execute(
                 f"INSERT INTO {table} ({_COLUMNS}) SELECT {_COLUMNS} FROM _cdr_bulk "
                 f"ON CONFLICT (source, source_id) DO NOTHING RETURNING source_id"

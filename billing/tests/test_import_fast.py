@@ -269,3 +269,15 @@ def test_the_shared_deck_is_reused_by_another_process_and_never_outlives_a_rate_
         monkeypatch.setattr(decks, "_decks", {})
         changed = decks.bulk_deck_get(tariff=retail).rater.rate_bulk(numbers[:1], [60], at[:1])
         assert changed.amount_micro.tolist() == [500_000]
+
+
+@pytest.mark.django_db
+def test_the_import_also_runs_with_debug_cursors(in_schema, tmp_path, settings):
+    # DEBUG (the developer's `make run`) wraps cursors in Django's debug cursor, whose COPY takes no keywords
+    settings.DEBUG = True
+    path = write(tmp_path, many(30), newline="\n")
+    with in_schema("demo"):
+        world()
+        with path.open(encoding="utf-8", newline="") as source:
+            summary = cdrs_import_bulk(source=source, tz="Europe/Madrid", source_name="debug")
+        assert summary["imported"] == 30 == Cdr.objects.filter(source="debug").count()
