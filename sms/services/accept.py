@@ -25,9 +25,11 @@ The order of the checks, and what each answers:
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import uuid
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -52,6 +54,8 @@ from ..selectors import ClientSpec, SmsConfig, queue_depths, sms_config_get
 from .callbacks import callback_url_problem
 from .events import NewEvent, events_record
 from .fraud import FraudCandidate, FraudOutcome, fraud_alert_once, fraud_check
+
+log = logging.getLogger(__name__)
 
 MAX_BATCH = 10_000
 MAX_REFERENCE = 100
@@ -663,9 +667,23 @@ def _messages_insert(rows: list[tuple], *, cursor) -> list[int]:
 
 
 def _submission_kick(schema: str) -> None:
+    """Wake the submitters, off the request's thread: the answer does not wait for Redis (should the process die
+    before the wake-up, the periodic `sms.maintain` kicks within seconds)."""
     from .wakeups import submission_kick
 
-    submission_kick(schema=schema)
+    _kicker().submit(_kick_logged, submission_kick, schema)
+
+
+def _kick_logged(kick, schema: str) -> None:
+    try:
+        kick(schema=schema)
+    except Exception:
+        log.exception("waking the submitters of %s failed", schema)
+
+
+@functools.cache
+def _kicker() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="sms-kick")
 
 
 def _alert(*, schema: str, client: ClientSpec, fraud: FraudOutcome, now: datetime) -> None:
