@@ -27,15 +27,18 @@ applied in the order they started (start, then source id), across imports too: a
 its period that started later re-sequences the period (``packages.package_period_replay``): it is priced at its true
 position, the already-charged calls after it are re-priced at theirs and corrected by adjustment entries
 (``resequence:<cdr id>:<late call's source>:<source id>``, once each; past entries are never edited), and the
-counter is set to the sum of the period's package seconds. The later calls are re-priced under the account's current
-tariff, each looked up at its own start: rates are versioned by ``effective_from``, so a price dated after a call
-never reaches it. Not kept: a rate corrected in place (same ``effective_from``), a tariff switched since the call,
-or a candidate tariff a rerate run confirmed on the call — a re-sequence re-prices those calls under the current
-deck, and its adjustment carries that change too (a rerate what-if of the month shows and settles it). The counter
-rows are locked (``SELECT … FOR UPDATE``, in a fixed order) in the transaction that stores the CDRs, and the
-duplicate check runs under that lock, so concurrent imports for one account stay right and a CDR seen twice never
-counts twice. When a package covers the number through several packages of the account, the one with the longest
-matching prefix (then by name) applies.
+counter is set to the sum of the period's package seconds. A package CDR keeps the tariff it was priced with in
+``extra["tariff_id"]`` (the account's tariff at import; a confirmed rerate run's tariff, candidate or current), and
+the later calls are re-priced each under that tariff, so a tariff switched since the call, or a candidate a rerate
+run confirmed on it, stays; CDRs from before the key was kept (or whose tariff was deleted since) are re-priced under
+the account's current tariff. Rates are looked up at each call's own start as the deck holds them now: versioned by
+``effective_from``, a price dated after a call never reaches it; a rate corrected in place (same ``effective_from``)
+does — a re-sequence re-prices the calls after the late one with the corrected rate, and its adjustment carries that
+change too. Editing a deck in place is the operator's choice to re-price the past; future-dated rates change prices
+without touching past calls. The counter rows are locked (``SELECT … FOR UPDATE``, in a fixed order) in the
+transaction that stores the CDRs, and the duplicate check runs under that lock, so concurrent imports for one
+account stay right and a CDR seen twice never counts twice. When a package covers the number through several
+packages of the account, the one with the longest matching prefix (then by name) applies.
 
 **Freephone (8-800).** A record with ``leg="combined"`` (the freephone platform's resulting CDR) is stored as two
 CDRs, origination and termination, with ``correlation_id`` = the platform's record id, source ids ``<id>:orig`` and
@@ -469,9 +472,10 @@ def _price_packaged(
     """Price package-covered CDRs in the order the calls started, moving their (locked) counters.
 
     A call that started before an already-counted call of its period (a late import, or an unrated CDR rated now)
-    re-sequences the period (``packages.package_period_replay``): it is priced at its true position, and the
-    already-charged calls after it are re-priced at theirs (current deck, as the late call); those whose rating
-    changes are returned to be written with their adjustment entries. The counter is set to the replay's end, so
+    re-sequences the period (``packages.package_period_replay``): it is priced at its true position (the account's
+    tariff), and the already-charged calls after it are re-priced at theirs, each under the tariff it was priced
+    with (``extra["tariff_id"]``; the account's tariff for CDRs without it); those whose rating changes are
+    returned to be written with their adjustment entries. The counter is set to the replay's end, so
     it stays the sum of the period's package seconds.
     """
     groups: dict[tuple[int, int, date], list[Cdr]] = {}
@@ -494,6 +498,7 @@ def _price_packaged(
             account_id=account.pk, status=CdrStatus.RATED, start__lt=month_end, extra__package=package.model.name
         )
         stored = list(counted.filter(start__gte=first.start).order_by("start", "source_id"))
+        # New calls are priced under the account's tariff; stored ones under the tariff they were priced with.
         calls = [PackageCall(c.start, c.source_id, c.callee, c.billsec, reprice=True) for c in fresh]
         used_before = counter.used_seconds
         if stored:  # calls of this period already counted started after the first new one: re-sequence
@@ -510,6 +515,7 @@ def _price_packaged(
                     package_seconds=c.package_seconds,
                     reprice=(c.start, c.source_id) > (first.start, first.source_id),
                     cdr_id=c.pk,
+                    tariff_id=_priced_tariff_id(c),
                 )
                 for c in stored
             ]
@@ -518,6 +524,8 @@ def _price_packaged(
             [calls[i] for i in order],
             package=package.pure,
             deck=rate_deck_get(tariff=account.tariff),
+            tariff_id=account.tariff.pk,
+            decks=_own_decks({c.tariff_id for c in calls if c.reprice} - {account.tariff.pk, None}),
             tz=ctx.tz,
             used_before=used_before,
         )
@@ -547,6 +555,21 @@ def _price_packaged(
         moved.append(counter)
     PackageUsage.objects.bulk_update(moved, ["used_seconds", "updated_at"])
     return resequenced
+
+
+def _priced_tariff_id(cdr: Cdr) -> int | None:
+    """The tariff a stored package CDR was priced with (``extra["tariff_id"]``); None for CDRs from before it was
+    kept, which are re-priced under the account's tariff."""
+    tariff_id = (cdr.extra or {}).get("tariff_id")
+    return tariff_id if isinstance(tariff_id, int) and not isinstance(tariff_id, bool) else None
+
+
+def _own_decks(tariff_ids: set[int]) -> dict[int, rating.RateDeck]:
+    """The decks of the tariffs stored calls were priced with (other than the account's own); a tariff deleted
+    since is missing, and its calls are re-priced under the account's tariff."""
+    if not tariff_ids:
+        return {}
+    return {pk: rate_deck_get(tariff=tariff) for pk, tariff in Tariff.objects.in_bulk(tariff_ids).items()}
 
 
 def _resequence(cdr: Cdr, price: PackagePrice, late: Cdr, now: datetime, into: Resequenced) -> bool:

@@ -3,9 +3,16 @@
 One package period is the calls of one account in one package in one calendar month of the operator's zone. Its
 counter (``PackageUsage``) starts at zero on the 1st and moves by each call's ``package_seconds`` in (start,
 source id) order. :func:`package_period_replay` walks such a sequence: a call marked ``reprice`` is priced afresh
-by ``rating.price_with_package`` at the position the calls before it leave (with the deck given); any other call
-keeps its stored rating and moves the position by its stored package seconds. The final position is what the
-counter must hold. Two users:
+by ``rating.price_with_package`` at the position the calls before it leave; any other call keeps its stored rating
+and moves the position by its stored package seconds. The final position is what the counter must hold.
+
+Which deck prices a call: the one of the tariff it was priced with (``PackageCall.tariff_id``, from the CDR's
+``extra["tariff_id"]``) when the caller hands that deck in ``decks``; otherwise the replay's ``deck`` (the
+account's tariff, or a rerate's candidate). Each price says which tariff it came from (``PackagePrice.tariff_id``,
+written as ``extra["tariff_id"]``), so the next replay prices the call alike. Rates are looked up at the call's
+start as the deck holds them now: a rate version dated after the call never reaches it, but a rate corrected in
+place (same ``effective_from``) does — editing a deck in place re-prices the past calls a later replay touches,
+and future-dated rates are the way to change prices without touching past calls. Two users:
 
 - ingestion (``ingest.py``), when a call arrives later than calls of its period that started after it
   (re-sequencing: the late call and the ones after it are priced at their true positions);
@@ -16,7 +23,7 @@ Neither writes a counter here: the callers do, under the counter's row lock.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -38,6 +45,7 @@ class PackageCall:
     package_seconds: int = 0
     reprice: bool = False
     cdr_id: int | None = None
+    tariff_id: int | None = None  # the tariff it was priced with (None: unknown, the replay's deck prices it)
 
     @property
     def order(self) -> tuple:
@@ -54,16 +62,21 @@ class PackagePrice:
     prefix: str
     destination: str
     parts: list
+    tariff_id: int | None = None  # the tariff whose deck priced it
 
     @property
     def extra(self) -> dict:
-        return {"package_parts": self.parts}
+        extra = {"package_parts": self.parts}
+        if self.tariff_id is not None:
+            extra["tariff_id"] = self.tariff_id
+        return extra
 
 
 def package_call_price(
-    rate: rating.Rate, billsec: int, used_seconds: int, package: rating.MinutePackage
+    rate: rating.Rate, billsec: int, used_seconds: int, package: rating.MinutePackage, *, tariff_id: int | None = None
 ) -> PackagePrice:
-    """Price one call under ``package`` with the counter at ``used_seconds`` (parts as ``extra["package_parts"]``)."""
+    """Price one call under ``package`` with the counter at ``used_seconds`` (parts as ``extra["package_parts"]``,
+    the tariff of ``rate``, when given, as ``extra["tariff_id"]``)."""
     quote = rating.price_with_package(rate, billsec, used_seconds, package)
     return PackagePrice(
         price=quote.amount,
@@ -76,6 +89,7 @@ def package_call_price(
             for seconds, part_rate in quote.parts
             for part_from in ["deck" if part_rate is None else "package"]
         ],
+        tariff_id=tariff_id,
     )
 
 
@@ -95,16 +109,25 @@ def package_period_replay(
     deck: rating.RateDeck,
     tz: str,
     used_before: int = 0,
+    tariff_id: int | None = None,
+    decks: Mapping[int, rating.RateDeck] | None = None,
 ) -> Replay:
-    """Apply ``calls`` (sorted by :attr:`PackageCall.order`) to a counter starting at ``used_before``."""
+    """Apply ``calls`` (sorted by :attr:`PackageCall.order`) to a counter starting at ``used_before``.
+
+    A call to re-price is priced with ``decks[call.tariff_id]`` (the deck of the tariff it was priced with) when
+    there is one, else with ``deck``, the deck of ``tariff_id``.
+    """
+    decks = decks or {}
     position = used_before
     prices: list[PackagePrice | None] = []
     for call in calls:
         price = None
         if call.reprice:
-            rate = deck.lookup(number=call.callee, at=call.start, tz=tz)
+            own = decks.get(call.tariff_id) if call.tariff_id is not None else None
+            call_deck, call_tariff = (deck, tariff_id) if own is None else (own, call.tariff_id)
+            rate = call_deck.lookup(number=call.callee, at=call.start, tz=tz)
             if rate is not None:
-                price = package_call_price(rate, call.billsec, position, package)
+                price = package_call_price(rate, call.billsec, position, package, tariff_id=call_tariff)
         prices.append(price)
         position += call.package_seconds if price is None else price.package_seconds
     return Replay(prices=prices, used_seconds=position)

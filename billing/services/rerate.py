@@ -18,7 +18,9 @@ previewed, and then, in one transaction:
   idempotency key ``rerate:<run id>:<cdr id>``; earlier entries are never edited;
 - moves each account's balance by the sum of what was actually inserted, so balance = sum of entries;
 - writes the new rating (price, matched prefix, destination, billed seconds; package seconds and parts, grid
-  classes and rates) on the CDRs, appending what they were to ``extra["rerated"]`` (one item per confirmed run);
+  classes and rates; for package calls and grid legs the tariff that priced them, ``extra["tariff_id"]``) on the
+  CDRs, appending what they were to ``extra["rerated"]`` (one item per confirmed run, with the previous
+  ``tariff_id`` when there was one);
 - sets the package counters it replayed (see below) to their replayed values;
 - marks the run confirmed. Confirming a confirmed run changes nothing.
 
@@ -34,9 +36,11 @@ Which CDRs: rated ones of the account (or every account) whose call started in [
   so each period of the package (account, package, calendar month in the operator's zone) that has calls in the
   window is replayed from zero at the month's start in call order (``packages.package_period_replay``) with the
   tariff's deck: calls in the window are re-priced at their replayed positions, calls of the month outside the
-  window keep their rating and count with their stored package seconds. The what-if never touches the counters;
-  confirming locks them (``SELECT … FOR UPDATE`` in id order, as ingestion does, before the accounts) and sets each
-  to its replayed end;
+  window keep their rating and count with their stored package seconds. Confirming records the run's tariff on the
+  calls it re-priced (``extra["tariff_id"]``, also on calls whose price does not change), so a later re-sequence
+  of the month (a late call, ``ingest.py``) re-prices them under that tariff, not the account's. The what-if never
+  touches the counters; confirming locks them (``SELECT … FOR UPDATE`` in id order, as ingestion does, before the
+  accounts) and sets each to its replayed end;
 - **freephone legs on a class grid** (``extra["origination_class"]``): priced again on the tariff's grid exactly as
   ingestion prices them (``ingest._price_freephone_leg``), with the caller and forwarded-to number.
 
@@ -502,7 +506,7 @@ class _Rerating:
                 .order_by("start", "source_id")
                 .values_list(
                     "id", "start", "source_id", "callee", "billsec", "price", "package_seconds", "billed_seconds",
-                    "matched_prefix", "destination", "extra__package", "extra__package_parts",
+                    "matched_prefix", "destination", "extra__package", "extra__package_parts", "extra__tariff_id",
                 )
             )  # fmt: skip
             for values in stored.iterator(chunk_size=ROWS_BATCH):
@@ -531,13 +535,15 @@ class _Rerating:
                     ],
                     package=package.pure,
                     deck=deck,
+                    tariff_id=tariff.pk,  # written on the CDRs at confirm: a later re-sequence prices them alike
                     tz=self.tz,
                 )  # fmt: skip
                 self.counters[(account_id, model.pk, month)] = replay.used_seconds
                 yield self._add_rows(
                     [
                         _Row.stored(
-                            values[0], account_id, *values[5:10], old_extra={"package_parts": values[11]},
+                            values[0], account_id, *values[5:10],
+                            old_extra={"package_parts": values[11], "tariff_id": values[12]},
                             new=None if price is None else _New.of_package(price),
                         )
                         for values, price in zip(period, replay.prices, strict=True)
@@ -987,6 +993,9 @@ def rerate_confirm(*, run: RerateRun) -> RerateRun:
                                     ELSE jsonb_build_object('package_seconds', c.package_seconds) END
                             || CASE WHEN r.extra_patch ? 'cell_rate'
                                     THEN jsonb_build_object('cell_rate', c.extra -> 'cell_rate')
+                                    ELSE '{{}}'::jsonb END
+                            || CASE WHEN r.extra_patch ? 'tariff_id' AND c.extra ? 'tariff_id'
+                                    THEN jsonb_build_object('tariff_id', c.extra -> 'tariff_id')
                                     ELSE '{{}}'::jsonb END))
                           || coalesce(r.extra_patch, '{{}}'::jsonb)
                       FROM _rerate_rows r WHERE c.id = r.cdr_id AND c.price = r.old_price
