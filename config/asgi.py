@@ -14,12 +14,13 @@ from billing.api.asgi import single_cdr_fast_path  # noqa: E402
 from core.consumers import LiveConsumer  # noqa: E402
 from core.websocket import TenantSessionMiddleware  # noqa: E402
 from sms.api.asgi import sms_send_fast_path  # noqa: E402
+from sms.middleware import job_upload_size_guard  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # Single-CDR posts take billing's group-commit path (billing/api/asgi.py); everything else is Django's.
         # SMS sends with an API key take sms's lean path (sms/api/asgi.py).
-        "http": sms_send_fast_path(single_cdr_fast_path(django_asgi_app)),
+        "http": job_upload_size_guard(sms_send_fast_path(single_cdr_fast_path(django_asgi_app))),
         "websocket": TenantSessionMiddleware(URLRouter([path("ws/live/", LiveConsumer.as_asgi())])),
     }
 )

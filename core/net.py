@@ -5,8 +5,11 @@ Client address
     Only when that peer is in ``settings.TRUSTED_PROXIES`` it reads ``X-Forwarded-For`` (every such header, in order)
     from the right: each trusted proxy appended the address it saw, so the right-most address that is not itself a
     trusted proxy is the client. Anything left of it was written by the client and is never believed. A garbled
-    entry where the client should be gives None (an IP allow-list then refuses the call). With no trusted proxies
-    (the default) the header is ignored altogether, so a client cannot spoof its way past an allow-list.
+    entry where the client should be gives None (an IP allow-list then refuses the call), and so does a trusted
+    proxy that sends no ``X-Forwarded-For`` at all: its own address is not the client's, and an allow-list that
+    contains the proxy's network would otherwise let anyone through it. A client without an allow-list is not
+    affected (None passes where any address would). With no trusted proxies (the default) the header is ignored
+    altogether, so a client cannot spoof its way past an allow-list.
 
 Internal addresses
     ``address_is_internal`` says whether an address is loopback, private, link-local, site-local, multicast,
@@ -71,7 +74,8 @@ def _peer_and_forwarded(meta_or_scope: Mapping) -> tuple[str | None, list[str]]:
 
 
 def client_ip(meta_or_scope: Mapping) -> str | None:
-    """The caller's address: the direct peer, or behind trusted proxies the right-most untrusted forwarded one."""
+    """The caller's address: the direct peer, or behind trusted proxies the right-most untrusted forwarded one
+    (None when a trusted proxy forwards none, or a garbled one: see the module's docstring)."""
     peer_text, forwarded = _peer_and_forwarded(meta_or_scope)
     networks = trusted_proxies()
     peer = parse_ip(peer_text)
@@ -80,6 +84,8 @@ def client_ip(meta_or_scope: Mapping) -> str | None:
     if not networks or not _is_trusted(peer, networks):
         return str(peer)
     hops = [entry for header in forwarded for entry in header.split(",") if entry.strip()]
+    if not hops:
+        return None  # a trusted proxy that names no client: who is behind it is unknown
     candidate = peer
     for entry in reversed(hops):
         address = parse_ip(entry)

@@ -872,10 +872,7 @@ class SmppGateway:
             receipts.append((item, link, sequence, command_id))
             return
         data_coding = fields["data_coding"]
-        try:
-            text = decode(payload, data_coding, esm_class=esm_class)
-        except UnsupportedDataCoding:
-            text = payload.decode("latin-1")
+        text = _mo_text(payload, data_coding, esm_class)
         concat, body = _concatenation(payload, esm_class, tlvs)
         message = IncomingMessage(
             source=fields["source"],
@@ -1053,7 +1050,13 @@ def _deliver_fields(link: _Link, raw: bytes, command_id: int) -> dict:
 
 
 def _concatenation(payload: bytes, esm_class: int, tlvs: dict) -> tuple[tuple[int, int, int] | None, bytes]:
-    """(reference, total, sequence) of an MO part and its payload without the UDH; (None, b"") for a whole one."""
+    """(reference, total, sequence) of an MO part and its payload without the UDH; (None, b"") for a whole one.
+
+    A malformed UDH (esm_class says there is one, but its length octet runs past the short_message) makes the
+    deliver_sm a whole message, whatever its sar_* TLVs say: there is no body to join, and ``_mo_text`` keeps every
+    octet as its text. It is stored and acknowledged like any MO, never dropped and never fatal to the reader.
+    """
+    body = payload
     if esm_class & ESM_CLASS_UDHI:
         try:
             udh, body = split_udh(payload)
@@ -1063,11 +1066,23 @@ def _concatenation(payload: bytes, esm_class: int, tlvs: dict) -> tuple[tuple[in
         if info is not None and info.total > 1:
             return (info.reference, info.total, info.sequence), body
     if "sar_msg_ref_num" in tlvs and "sar_total_segments" in tlvs and "sar_segment_seqnum" in tlvs:
-        numbers = [_tlv_int(tlvs[name]) for name in SAR_TAGS.values()]
+        try:
+            numbers = [_tlv_int(tlvs[name]) for name in SAR_TAGS.values()]
+        except (TypeError, ValueError):
+            return None, b""
         if numbers[1] > 1:
-            body = split_udh(payload)[1] if esm_class & ESM_CLASS_UDHI and payload else payload
             return (numbers[0], numbers[1], numbers[2]), body
     return None, b""
+
+
+def _mo_text(payload: bytes, data_coding: int, esm_class: int) -> str:
+    """An MO's text; with a malformed UDH (see ``_concatenation``) the raw short_message, UDH octets included."""
+    try:
+        return decode(payload, data_coding, esm_class=esm_class)
+    except UnsupportedDataCoding:
+        return payload.decode("latin-1")
+    except ValueError:  # split_udh: the UDH length runs past the payload
+        return _mo_text(payload, data_coding, esm_class & ~ESM_CLASS_UDHI)
 
 
 def _tlv_int(value: object) -> int:

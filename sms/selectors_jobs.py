@@ -13,7 +13,7 @@ from core.models import Customer
 
 from .choices import MessageStatus
 from .models import Message, SmsJob, SmsJobRow
-from .selectors_reports import csv_row
+from .selectors_reports import CHARGED_CREDIT, CHARGED_PARTS, csv_row
 from .services.jobs import CANCELLED, HOLD_UNTIL
 
 
@@ -36,8 +36,8 @@ def jobs_progress(*, jobs: list[SmsJob]) -> dict[int, dict]:
     Rows: total, refused in the file (``invalid``), refused at acceptance (``rejected``), ``accepted``, ``pending``
     (not fed yet), ``cancelled`` (never fed). Messages: ``queued`` (of which ``held`` by a pause), ``submitted``,
     ``delivered``, ``undelivered``, ``expired``, ``failed`` (every gateway refused it), ``cancelled_messages``;
-    credit ``spent`` (what the messages' charge records kept: parts an SMSC accepted stay charged when the rest is
-    refunded) and ``reserved`` (held for queued messages).
+    ``parts`` and credit ``spent`` (what the messages' charge records kept, as the reports count them: parts an SMSC
+    accepted stay charged when the rest is refunded) and ``reserved`` (held for queued messages).
     """
     ids = [job.pk for job in jobs]
     by_job = {
@@ -53,8 +53,10 @@ def jobs_progress(*, jobs: list[SmsJob]) -> dict[int, dict]:
             expired=Count("id", filter=Q(status=MessageStatus.EXPIRED)),
             refused=Count("id", filter=Q(status=MessageStatus.REJECTED) & ~Q(error_code=CANCELLED)),
             cancelled_messages=Count("id", filter=Q(status=MessageStatus.REJECTED, error_code=CANCELLED)),
-            parts=Sum("parts", filter=~Q(status=MessageStatus.REJECTED)),
-            spent=Sum("charge_cdr__price"),  # what the charge records kept (see sms.selectors_reports)
+            # what the charge records kept, as the reports count (sms.selectors_reports): a message refused after an
+            # SMSC took its first parts keeps those parts; a queued one has none charged yet
+            parts=Sum(CHARGED_PARTS),
+            spent=Sum(CHARGED_CREDIT),
             reserved=Sum("price", filter=_QUEUED & Q(charged_at__isnull=True)),
         )
     }

@@ -9,7 +9,9 @@ import ipaddress
 import json
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.testing import HttpCommunicator
+from django.db import connection
 from django.test import override_settings
 from django_tenants.utils import schema_context
 
@@ -70,7 +72,15 @@ def test_through_trusted_proxies_the_right_most_untrusted_address_is_the_client(
 def test_garbage_where_the_client_should_be_gives_no_address():
     assert client_ip(meta("10.0.0.6", "not-an-ip")) is None
     assert client_ip(meta("10.0.0.6", "10.0.0.9, 10.0.0.5")) == "10.0.0.9"  # all proxies: the origin
-    assert client_ip(meta("10.0.0.6")) == "10.0.0.6"  # a trusted peer without the header is the client
+
+
+@override_settings(TRUSTED_PROXIES=PROXIES)
+def test_a_trusted_proxy_that_forwards_no_client_gives_no_address():
+    # the proxy's own address is not the client's: an allow-list holding the proxy's network must not pass it
+    assert client_ip(meta("10.0.0.6")) is None
+    assert client_ip(meta("10.0.0.6", "")) is None and client_ip(meta("10.0.0.6", " , ")) is None
+    assert client_ip(scope("10.0.0.6")) is None and client_ip(scope("2001:db8:ffff::1", "")) is None
+    assert client_ip(meta("198.51.100.9")) == "198.51.100.9"  # an untrusted peer is still the client itself
 
 
 def test_ipv4_mapped_addresses_read_as_ipv4():
@@ -164,6 +174,24 @@ def test_drf_the_proxy_itself_is_not_the_client_when_trusted(demo_client, restri
     assert response.status_code == 403
 
 
+@pytestmark_db
+def test_drf_a_trusted_proxy_without_forwarded_for_is_refused_by_an_allow_list(demo_client, restricted, in_schema):
+    # Given an allow-list that holds the proxies' own network, as an operator might write it
+    with in_schema("demo"):
+        restricted.client.allowed_ips = [ALLOWED, "10.0.0.0/8"]
+        restricted.client.save()
+    with override_settings(TRUSTED_PROXIES=PROXIES):
+        response = post(demo_client, restricted, REMOTE_ADDR="10.0.0.6")  # no X-Forwarded-For
+    assert response.status_code == 403 and response.json()["error"]["code"] == "ip_not_allowed"
+
+
+@pytestmark_db
+def test_drf_a_client_without_an_allow_list_is_not_affected_by_an_unknown_address(demo_client, sms_world):
+    with override_settings(TRUSTED_PROXIES=PROXIES):
+        response = post(demo_client, sms_world, REMOTE_ADDR="10.0.0.6")
+    assert response.status_code == 201, response.content
+
+
 # --- the lean ASGI path ------------------------------------------------------------------------------------------
 
 SCHEMA = "h5ip"
@@ -208,6 +236,21 @@ async def test_asgi_through_a_trusted_proxy_the_real_client_ip_is_checked(asgi_w
         refused = await asgi_send(asgi_world, "10.0.0.6", "203.0.113.7, 198.51.100.9")
     assert allowed[0] == 201, allowed[1]
     assert refused[0] == 403 and "198.51.100.9" in refused[1]["error"]["message"]
+
+
+async def test_asgi_a_trusted_proxy_without_forwarded_for_is_refused(asgi_world, django_db_blocker):
+    def allow(networks):
+        with django_db_blocker.unblock(), schema_context(SCHEMA):
+            SmsClient.objects.filter(pk=asgi_world.client.pk).update(allowed_ips=networks)
+            connection.close()  # this worker thread's own connection: the test database is dropped at the end
+
+    await sync_to_async(allow)([ALLOWED, "10.0.0.0/8"])  # the proxies' own network in the allow-list too
+    try:
+        with override_settings(TRUSTED_PROXIES=PROXIES):
+            status, body = await asgi_send(asgi_world, "10.0.0.6")
+    finally:
+        await sync_to_async(allow)([ALLOWED])
+    assert status == 403 and body["error"]["code"] == "ip_not_allowed", body
 
 
 @pytestmark_db

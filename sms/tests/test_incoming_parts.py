@@ -226,3 +226,47 @@ def test_a_short_mo_still_arrives_at_once(bound, django_db_blocker):
     smsc.run(lambda: smsc.simulator.send_mo("esme", "+447700900206", NUMBER, "YES"))
     (message,) = received(django_db_blocker, "+447700900206")
     assert message.text == "YES" and not message.is_stop
+
+
+def test_a_malformed_udh_is_stored_whole_acknowledged_and_the_bind_stays_up(bound, django_db_blocker):
+    """esm_class says a UDH leads the short message but its length octet runs past it (with sar_* TLVs too, or not):
+    the deliver_sm is one whole MO with every octet as its text, answered at once; the reader carries on."""
+    from sms.encoding import ESM_CLASS_UDHI, decode
+    from sms.smpp_server import _Deliverable, address_ton_npi, deliver_sm_body, tlv
+
+    smsc, world = bound
+    short_message = bytes((0x0B, 0x00, 0x03, 0x2A)) + b"Hiya"  # a UDH of 12 octets announced in 8
+    sar = tlv(0x020C, b"\x00\x07") + tlv(0x020E, b"\x02") + tlv(0x020F, b"\x01")
+    sources = {"+447700900207": b"", "+447700900208": sar}
+    binds = smsc.simulator.binds
+
+    async def deliver_malformed():
+        for source, tlv_octets in sources.items():
+            body = deliver_sm_body(
+                source=address_ton_npi(source),
+                destination=address_ton_npi(NUMBER),
+                esm_class=ESM_CLASS_UDHI,
+                data_coding=0,
+                short_message=short_message,
+                tlv_octets=tlv_octets,
+            )
+            smsc.simulator._deliver("esme", _Deliverable(body, is_receipt=False))
+        smsc.simulator._flush_receivers("esme")
+
+    smsc.run(deliver_malformed)
+    for source in sources:
+        (message,) = received(django_db_blocker, source)
+        assert message.text == decode(short_message, 0)  # the raw octets, UDH included: nothing lost
+        assert message.customer_id == world.client.customer_id and message.gateway_id == world.gateway.pk
+
+    async def unanswered():
+        return sum(len(session.in_flight) for session in smsc.simulator._receivers.get("esme", ()))
+
+    wait_until(lambda: smsc.run(unanswered) == 0, timeout=10, what="the deliver_sm_resp")
+    # the same link is still up and reading: no rebind, and the next MO arrives
+    smsc.run(lambda: smsc.simulator.send_mo("esme", "+447700900209", NUMBER, "AFTER"))
+    (after,) = received(django_db_blocker, "+447700900209")
+    assert after.text == "AFTER" and smsc.simulator.binds == binds
+    time.sleep(0.3)  # and nothing was delivered twice
+    with django_db_blocker.unblock(), schema_context(SCHEMA):
+        assert IncomingMessage.objects.filter(source__in=list(sources)).count() == 2

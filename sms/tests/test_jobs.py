@@ -342,3 +342,44 @@ def test_the_feed_task_feeds_the_job_in_its_schema_and_clears_its_wake_up_flag(s
         assert SmsJob.objects.get(pk=job.pk).status == JobStatus.DONE
         assert Message.objects.filter(job=job).count() == 5
         assert not kv().exists(_feed_key("demo", job.pk))
+
+
+# --- progress ---
+
+
+def test_progress_counts_the_parts_the_charge_records_kept_in_one_query_for_a_page_of_jobs(
+    sms_world, in_schema, django_assert_num_queries
+):
+    """A 3-part message refused after an SMSC took its first part keeps that part charged: the job's parts count it,
+    as the reports do, and match its credit spent."""
+    from sms.selectors_jobs import jobs_progress
+    from sms.selectors_reports import sms_today_totals
+    from sms.services import submission_results_record
+    from sms.services.submission import MessageOutcome, PartOutcome
+
+    with in_schema("demo"):
+        # Given a job of a 3-part and a 2-part message, both taken by a submitter (and charged)
+        job = make_job(sms_world, csv_of([f"{NUMBERS[0]},{'a' * 400}", f"{NUMBERS[1]},{'b' * 200}"]), text="{name}")
+        job_feed(job_id=job.pk)
+        other = make_job(sms_world, csv_of([f"{NUMBERS[2]},C"]))
+        submissions = {s.message_id: s for s in messages_claim(token="t", limit=10, choose=lambda g: g[0])}
+        three = Message.objects.get(job=job, parts=3)
+        assert set(submissions) == {three.pk, Message.objects.get(job=job, parts=2).pk}
+        # When the first part of the 3-part message is accepted and every gateway refuses the second
+        gateway_id = sms_world.gateway.pk
+        submission = submissions[three.pk]
+        submission.accepted[0] = ("a0", gateway_id)
+        submission.tried.add(gateway_id)
+        submission_results_record(
+            parts=[PartOutcome(three.pk, 0, gateway_id, 0, "a0"), PartOutcome(three.pk, 1, gateway_id, 0x45, None)],
+            completed=[MessageOutcome(submission, rejected_status=0x45)],
+        )
+        assert Message.objects.get(pk=three.pk).status == "rejected"
+        jobs = list(SmsJob.objects.filter(pk__in=[job.pk, other.pk]))
+        with django_assert_num_queries(1):
+            progress = jobs_progress(jobs=jobs)
+        today = sms_today_totals(customer=sms_world.client.customer)
+    # Then the kept part and the 2 charged parts are counted, like the credit spent and the day's report
+    assert (progress[job.pk]["parts"], progress[job.pk]["spent"], progress[job.pk]["failed"]) == (3, Decimal("0.15"), 1)
+    assert (today["parts"], today["credit"]) == (3, Decimal("0.15"))
+    assert (progress[other.pk]["parts"], progress[other.pk]["spent"]) == (0, Decimal(0))  # not fed: nothing charged
