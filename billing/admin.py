@@ -36,6 +36,7 @@ from .models import (
     TimeBand,
     Trunk,
 )
+from .selectors.decks import rates_read
 from .selectors.grid import class_grid_average
 from .services import account_create, account_topup, rates_import
 from .services.grid import GridCell, GridInvalid, class_grid_save, tariff_touch
@@ -122,21 +123,8 @@ class TariffAdmin(admin.ModelAdmin):
 
     def rates_export_view(self, request, object_id: int):
         tariff = self._tariff(request, object_id, write=False)
-        rows = Rate.objects.filter(tariff=tariff).order_by("prefix", "service", "time_band", "effective_from")
-        rates = (
-            rating.Rate(**(row | {"time_band": row["time_band"] or None}))
-            for row in rows.values(
-                "prefix",
-                "destination",
-                "rate",
-                "connect_fee",
-                "first_increment",
-                "next_increment",
-                "min_charge",
-                "effective_from",
-                "time_band",
-                "service",
-            ).iterator(chunk_size=10000)
+        rates = rates_read(
+            Rate.objects.filter(tariff=tariff).order_by("prefix", "service", "time_band", "effective_from")
         )
         response = HttpResponse(csvformats.write_rate_deck_csv(rates), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="{tariff.name}-rates.csv"'

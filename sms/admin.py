@@ -93,23 +93,7 @@ class GatewayForm(forms.ModelForm):
 
     class Meta:
         model = Gateway
-        fields = [
-            "name",
-            "host",
-            "port",
-            "system_id",
-            "password",
-            "system_type",
-            "bind_mode",
-            "tps",
-            "window",
-            "source_ton",
-            "source_npi",
-            "dest_ton",
-            "dest_npi",
-            "default_encoding",
-            "enabled",
-        ]
+        fields = Gateway.SETTINGS
 
     def clean_password(self):
         password = self.cleaned_data["password"]

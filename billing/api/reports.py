@@ -21,15 +21,13 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_
 from rest_framework import generics, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.permissions import BasePermission
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.errors import Conflict
-from core.api.permissions import IsOperatorStaff
+from core.api.permissions import IsOperatorStaff, StaffOrCustomer
 from core.api.viewsets import CustomerScopedMixin
-from core.selectors import customer_for_user
 
 from ..choices import RerateStatus
 from ..models import Account, RerateRun, Tariff
@@ -375,18 +373,6 @@ class FormatParamNegotiation(DefaultContentNegotiation):
         if wanted is not None and wanted not in formats:
             raise serializers.ValidationError({"format": [f"Choose one of {', '.join(formats)}; got {wanted!r}."]})
         return super().select_renderer(request, renderers, format_suffix)
-
-
-class StaffOrCustomer(BasePermission):
-    """Operator staff, or a customer's login (whose queryset is scoped to its own rows)."""
-
-    message = "Only the operator's staff or a customer may do this."
-
-    def has_permission(self, request, view):
-        user = request.user
-        if not (user and user.is_authenticated):
-            return False
-        return customer_for_user(user=user) is not None or user.is_staff
 
 
 class StatementView(CustomerScopedMixin, generics.GenericAPIView):

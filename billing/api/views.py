@@ -16,16 +16,17 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import BaseParser, FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.errors import Conflict
+from core.api.parsers import CsvParser
 from core.api.permissions import IsOperatorStaff, StaffWritesCustomersRead
 from core.api.viewsets import CustomerScopedMixin
 from core.selectors import customer_for_user
 
-from .. import csvformats, rating
+from .. import csvformats
 from ..models import (
     Account,
     Cdr,
@@ -41,6 +42,7 @@ from ..models import (
     Trunk,
 )
 from ..selectors import tariff_quote
+from ..selectors.decks import rates_read
 from ..selectors.grid import class_grid_average, class_grid_get
 from ..services import account_create, account_topup, cdrs_ingest, rates_import
 from ..services.grid import GridCell, GridInvalid, class_grid_save, tariff_touch
@@ -48,19 +50,6 @@ from . import filtersets
 from . import serializers as s
 
 # --- Plumbing -------------------------------------------------------------------------------------
-
-
-class CsvParser(BaseParser):
-    """A `text/csv` request body, as text."""
-
-    media_type = "text/csv"
-
-    def parse(self, stream, media_type=None, parser_context=None):
-        raw = stream.read() if stream is not None else b""
-        try:
-            return raw.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise exceptions.ParseError(f"The CSV is not UTF-8: {exc}") from exc
 
 
 class RateDeckInvalid(exceptions.APIException):
@@ -274,21 +263,7 @@ class RateViewSet(ScopedObjectMixin, viewsets.ReadOnlyModelViewSet):
     )
     @action(detail=False, methods=["get"], url_path="export", pagination_class=None)
     def export(self, request, tariff_id=None):
-        rows = self.filter_queryset(self.get_queryset()).values(
-            "prefix",
-            "destination",
-            "rate",
-            "connect_fee",
-            "first_increment",
-            "next_increment",
-            "min_charge",
-            "effective_from",
-            "time_band",
-            "service",
-        )
-        rates = (
-            rating.Rate(**(row | {"time_band": row["time_band"] or None})) for row in rows.iterator(chunk_size=10000)
-        )
+        rates = rates_read(self.filter_queryset(self.get_queryset()))
         response = HttpResponse(csvformats.write_rate_deck_csv(rates), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="{self.tariff.name}-rates.csv"'
         return response

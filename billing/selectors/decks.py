@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -19,6 +20,18 @@ _decks: dict[tuple[str, int], tuple[datetime, rating.RateDeck]] = {}
 _bulk: dict[tuple[str, int], tuple[datetime, "BulkDeck"]] = {}
 
 
+RATE_COLUMNS = (
+    *("prefix", "destination", "rate", "connect_fee", "first_increment", "next_increment", "min_charge"),
+    *("effective_from", "time_band", "service"),
+)
+
+
+def rates_read(rates) -> Iterator[rating.Rate]:
+    """Stored rates (a queryset of `Rate`) as the rating engine's, streamed. The database's constraints hold what
+    rating.Rate checks (billing.models.Rate): no second check per rate."""
+    return (rating.Rate.stored(*row) for row in rates.values_list(*RATE_COLUMNS).iterator(chunk_size=20000))
+
+
 def rate_deck_get(*, tariff: Tariff) -> rating.RateDeck:
     """The tariff's rate deck as the pure rating engine wants it, built once per version of the tariff."""
     key = (connection.schema_name, tariff.pk)
@@ -29,15 +42,7 @@ def rate_deck_get(*, tariff: Tariff) -> rating.RateDeck:
         rating.TimeBand(name=b.name, weekdays=frozenset(b.weekdays), start=b.start, end=b.end)
         for b in TimeBand.objects.filter(tariff=tariff)
     ]
-    columns = ("prefix", "destination", "rate", "connect_fee", "first_increment", "next_increment", "min_charge")
-    # The database's constraints hold what rating.Rate checks (billing.models.Rate): no second check per rate.
-    rates = [
-        rating.Rate.stored(*row)
-        for row in Rate.objects.filter(tariff=tariff)
-        .values_list(*columns, "effective_from", "time_band", "service")
-        .iterator(chunk_size=20000)
-    ]
-    deck = rating.RateDeck(rates, bands=bands)
+    deck = rating.RateDeck(list(rates_read(Rate.objects.filter(tariff=tariff))), bands=bands)
     _decks[key] = (tariff.updated_at, deck)
     return deck
 

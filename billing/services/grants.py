@@ -10,8 +10,8 @@ reservation to settle it against, in the first way that works:
 
 1. draw from one of the account's open grants that has room and lives long enough (``undrawn`` goes down; the grant
    row is locked with SKIP LOCKED, so concurrent draws take different grants and never wait for each other);
-2. open a new grant of ``GRANT_USES`` times the amount (less when the free credit is less, but at least the amount),
-   drawing the amount from it: the account row is locked once for many uses;
+2. open a new grant of ``BILLING_GRANT_USES`` times the amount (less when the free credit is less, but at least the
+   amount), drawing the amount from it: the account row is locked once for many uses;
 3. when the free credit does not cover the amount, give back what the account's grants hold undrawn and hold the
    amount by itself (``reservation_hold_quick``), which raises ``InsufficientCredit`` when it still does not fit —
    so idle credit in grants never turns a request away.
@@ -20,13 +20,14 @@ The rules of reservations still hold: ``account.reserved`` is the sum of its hel
 moves credit inside a grant, not out of it), and a prepaid account never goes below its credit limit. A use is
 settled against its grant like any reservation share (``reservation_settle_many``: charge and release cut the
 grant's amount). ``grants_idle_release`` (run by the reservation sweep every minute) gives back the undrawn part
-of grants nobody drew from for ``GRANT_IDLE_S``; a grant expires (releasing all it holds) ``GRANT_LIFETIME`` after
-it opened, and is drawn from only for uses that end an hour before that.
+of grants nobody drew from for ``BILLING_GRANT_IDLE_S``; a grant expires (releasing all it holds) ``GRANT_LIFETIME``
+after it opened, and is drawn from only for uses that end an hour before that.
 
 Locks are taken reservations first, then accounts (the order of ``reservation_settle_many`` and the expiry sweep),
 so grants do not deadlock with settlements.
 """
 
+import contextlib
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -40,19 +41,8 @@ from ..models import Account, Reservation
 from .ledger import InsufficientCredit, reservation_hold_quick
 
 GRANT_MARGIN = timedelta(hours=1)
+GRANT_LIFETIME = timedelta(days=8)  # longer than any message's validity (7 days) plus the margin
 GIVE_BACK_ATTEMPTS = 3
-
-
-def grant_uses() -> int:
-    return int(getattr(settings, "BILLING_GRANT_USES", 50))
-
-
-def grant_idle_s() -> int:
-    return int(getattr(settings, "BILLING_GRANT_IDLE_S", 60))
-
-
-def grant_lifetime() -> timedelta:
-    return timedelta(seconds=int(getattr(settings, "BILLING_GRANT_LIFETIME_S", 8 * 24 * 3600)))
 
 
 def credit_draw(*, account_id: int, amount: Decimal, use_ends_at: datetime, key: str, cursor=None) -> int:
@@ -66,7 +56,7 @@ def credit_draw(*, account_id: int, amount: Decimal, use_ends_at: datetime, key:
         raise ValueError("a draw takes a positive amount")
     if not connection.in_atomic_block:
         raise RuntimeError("credit_draw runs in the caller's transaction")
-    with connection.cursor() if cursor is None else _borrowed(cursor) as cursor:
+    with connection.cursor() if cursor is None else contextlib.nullcontext(cursor) as cursor:
 
         def hold_alone() -> int:
             return reservation_hold_quick(
@@ -77,7 +67,7 @@ def credit_draw(*, account_id: int, amount: Decimal, use_ends_at: datetime, key:
                 cursor=cursor,
             )
 
-        if use_ends_at + GRANT_MARGIN > timezone.now() + grant_lifetime():  # outlives any grant
+        if use_ends_at + GRANT_MARGIN > timezone.now() + GRANT_LIFETIME:  # outlives any grant
             return hold_alone()
         drawn = _draw(cursor, account_id=account_id, amount=amount, use_ends_at=use_ends_at)
         if drawn is not None:
@@ -91,30 +81,20 @@ def credit_draw(*, account_id: int, amount: Decimal, use_ends_at: datetime, key:
         # give back again then, so credit idle in grants never turns the request away. Each attempt is a savepoint
         # rolled back when the hold does not fit, so no attempt starts holding the account row (locked by the give
         # back or by the refused hold): grants are always locked before the account (reservations → accounts).
-        for attempt in range(GIVE_BACK_ATTEMPTS):
+        attempts_left = GIVE_BACK_ATTEMPTS
+        while True:
             try:
                 with transaction.atomic():
                     _grants_give_back(cursor, account_ids=[account_id])
                     return hold_alone()
             except InsufficientCredit:
-                if attempt == GIVE_BACK_ATTEMPTS - 1 or not _grants_undrawn(cursor, account_id=account_id):
+                attempts_left -= 1
+                if not attempts_left or not _grants_undrawn(cursor, account_id=account_id):
                     raise
-        raise AssertionError("unreachable")
 
 
 class _NoRoom(Exception):
     """The free credit does not cover the amount: no grant opened."""
-
-
-class _borrowed:
-    def __init__(self, cursor):
-        self.cursor = cursor
-
-    def __enter__(self):
-        return self.cursor
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _draw(cursor, *, account_id: int, amount: Decimal, use_ends_at: datetime) -> int | None:
@@ -138,7 +118,8 @@ def _draw(cursor, *, account_id: int, amount: Decimal, use_ends_at: datetime) ->
 
 
 def _grant_open(cursor, *, account_id: int, amount: Decimal) -> int:
-    """A new grant of up to GRANT_USES × amount (at least the amount) with the amount drawn; _NoRoom if none fits."""
+    """A new grant of up to BILLING_GRANT_USES × amount (at least the amount) with the amount drawn; _NoRoom if none
+    fits."""
     accounts, reservations = Account._meta.db_table, Reservation._meta.db_table
     cursor.execute(
         f"""WITH account AS (
@@ -158,12 +139,12 @@ def _grant_open(cursor, *, account_id: int, amount: Decimal) -> int:
             SELECT held.id FROM held, booked""",
         {
             "prepaid": AccountKind.PREPAID.value,
-            "wanted": amount * grant_uses(),
+            "wanted": amount * settings.BILLING_GRANT_USES,
             "account": account_id,
             "amount": amount,
             "held": ReservationStatus.HELD.value,
             "key": f"grant:{uuid.uuid4()}",
-            "lifetime": grant_lifetime(),
+            "lifetime": GRANT_LIFETIME,
         },
     )
     row = cursor.fetchone()
@@ -216,9 +197,10 @@ def _grants_undrawn(cursor, *, account_id: int) -> bool:
 
 
 def grants_idle_release(*, now: datetime | None = None) -> int:
-    """Give back the undrawn credit of grants nobody drew from for GRANT_IDLE_S (every account of this schema)."""
+    """Give back the undrawn credit of grants nobody drew from for BILLING_GRANT_IDLE_S (every account of this
+    schema)."""
     now = now or timezone.now()
-    idle_before = now - timedelta(seconds=grant_idle_s())
+    idle_before = now - timedelta(seconds=settings.BILLING_GRANT_IDLE_S)
     account_ids = list(
         Reservation.objects.filter(status=ReservationStatus.HELD, undrawn__gt=0, updated_at__lt=idle_before)
         .values_list("account_id", flat=True)

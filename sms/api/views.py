@@ -16,13 +16,14 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import action
-from rest_framework.parsers import BaseParser, FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.authentication import ApiKeyAuthentication
 from core.api.errors import Conflict
+from core.api.parsers import CsvParser
 from core.api.permissions import IsOperatorStaff, StaffWritesCustomersRead
 from core.api.viewsets import CustomerScopedMixin
 from core.net import client_ip
@@ -86,17 +87,6 @@ SEND_RESPONSES = {
     403: OpenApiResponse(description="Not an SMS client, or calling from an address not allowed."),
     429: OpenApiResponse(description="Over the client's TPS, or its queue is full; see Retry-After."),
 }
-
-
-class CsvParser(BaseParser):
-    media_type = "text/csv"
-
-    def parse(self, stream, media_type=None, parser_context=None):
-        raw = stream.read() if stream is not None else b""
-        try:
-            return raw.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise exceptions.ParseError(f"The CSV is not UTF-8: {exc}") from exc
 
 
 # --- messages ---

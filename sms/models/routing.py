@@ -34,6 +34,12 @@ class Gateway(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    # What the operator sets (console form and API): where, how and how fast to bind.
+    SETTINGS = (
+        *("name", "host", "port", "system_id", "password", "system_type", "bind_mode", "tps", "window"),
+        *("source_ton", "source_npi", "dest_ton", "dest_npi", "default_encoding", "enabled"),
+    )
+
     class Meta:
         ordering = ["name"]
 

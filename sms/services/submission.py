@@ -27,8 +27,14 @@ from django.db.models import F
 from django.utils import timezone
 
 from billing.choices import EntryKind, Service
-from billing.models import Account, Cdr
-from billing.services import PreratedUsage, Settlement, ledger_post, reservation_settle_many, usage_charge_many
+from billing.models import Cdr
+from billing.services import (
+    PreratedUsage,
+    Settlement,
+    ledger_entries_post,
+    reservation_settle_many,
+    usage_charge_many,
+)
 
 from ..choices import EventStatus, MessageStatus, PartStatus, RejectReason
 from ..models import IncomingMessage, ListEntry, Message, MessagePart
@@ -385,16 +391,21 @@ def _close(items: list[_Closing], *, config: SmsConfig, now: datetime) -> None:
             if parts:
                 refunds.append((client.account_id, row, parts))
     reservation_settle_many(settlements)
-    for account_id, row, parts in refunds:
-        amount = row["price_per_part"] * parts
-        if amount > 0:
-            ledger_post(
-                account=Account(pk=account_id),
-                kind=EntryKind.REFUND,
-                amount=amount,
-                idempotency_key=f"sms:refund:{row['id']}",
-                description=f"SMS {row['id']} not sent: {parts} part(s) refunded",
+    ledger_entries_post(
+        kind=EntryKind.REFUND,
+        entries=[
+            (
+                account_id,
+                row["price_per_part"] * parts,
+                f"sms:refund:{row['id']}",
+                f"SMS {row['id']} not sent: {parts} part(s) refunded",
+                None,
             )
+            for account_id, row, parts in refunds
+            if row["price_per_part"] * parts > 0
+        ],
+    )
+    for _, row, parts in refunds:
         kept = row["parts"] - parts
         Cdr.objects.filter(source=CDR_SOURCE, source_id=str(row["id"])).update(
             units=kept,
