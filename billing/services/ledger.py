@@ -14,6 +14,8 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from core.sql import execute_values, literal
+
 from ..choices import AccountKind, EntryKind, ReservationStatus
 from ..models import Account, LedgerEntry, Reservation
 
@@ -110,8 +112,6 @@ def ledger_entries_post(*, kind: str, entries: list[tuple]) -> int:
     """
     if not entries:
         return 0
-    from psycopg2.extras import execute_values
-
     now = timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
@@ -123,7 +123,7 @@ def ledger_entries_post(*, kind: str, entries: list[tuple]) -> int:
             cursor,
             "INSERT INTO _ledger_post VALUES %s",
             [(account, amount, key, description[:300], cdr) for account, amount, key, description, cdr in entries],
-            page_size=10000,
+            ["bigint", "numeric", "text", "text", "bigint"],
         )
         cursor.execute(
             f"SELECT id FROM {Account._meta.db_table} WHERE id IN (SELECT DISTINCT account_id FROM _ledger_post) "
@@ -293,8 +293,6 @@ def reservation_settle_many(settlements: list[Settlement]) -> set[str]:
             raise ValueError("settlement amounts are given positive")
         if settlement.charge > 0 and not settlement.idempotency_key:
             raise ValueError("a charged settlement needs an idempotency key")
-    from psycopg2.extras import execute_values
-
     now = timezone.now()
     reservation_ids = sorted({s.reservation_id for s in settlements if s.reservation_id is not None})
     with transaction.atomic(), connection.cursor() as cursor:
@@ -317,7 +315,7 @@ def reservation_settle_many(settlements: list[Settlement]) -> set[str]:
                     (s.account_id, EntryKind.CHARGE, -s.charge, s.idempotency_key, s.description[:300], s.cdr_id, now)
                     for s in charges
                 ],
-                page_size=len(charges),
+                ["bigint", "text", "numeric", "text", "text", "bigint", "timestamptz"],
                 fetch=True,
             )
             charged_keys = {row[0] for row in inserted}
@@ -358,8 +356,7 @@ def reservation_settle_many(settlements: list[Settlement]) -> set[str]:
                       updated_at = now()
                     FROM (VALUES %s) AS v (id, left_amount, charged) WHERE r.id = v.id""",
                 reservation_rows,
-                template="(%s::bigint, %s::numeric, %s::numeric)",
-                page_size=len(reservation_rows),
+                ["bigint", "numeric", "numeric"],
             )
         accounts = sorted(set(balance_delta) | set(reserved_delta))
         if accounts:
@@ -371,8 +368,7 @@ def reservation_settle_many(settlements: list[Settlement]) -> set[str]:
                       reserved = a.reserved + v.reserved_delta, updated_at = now()
                     FROM (VALUES %s) AS v (id, balance_delta, reserved_delta) WHERE a.id = v.id""",
                 [(pk, balance_delta.get(pk, Decimal(0)), reserved_delta.get(pk, Decimal(0))) for pk in accounts],
-                template="(%s::bigint, %s::numeric, %s::numeric)",
-                page_size=len(accounts),
+                ["bigint", "numeric", "numeric"],
             )
     return charged_keys
 
@@ -491,8 +487,6 @@ def _prerated_cdrs_insert(usages: list[PreratedUsage]) -> dict[tuple[str, str], 
     Hand-built rather than `bulk_create`: the ORM prepares every field of every row one by one, a large part of
     the SMS submitter's time. Columns come from the model, so a field added later with a default still fits.
     """
-    from psycopg2.extras import execute_values
-
     from ..choices import CdrStatus, Leg
     from ..models import Cdr
 
@@ -532,19 +526,17 @@ def _prerated_cdrs_insert(usages: list[PreratedUsage]) -> dict[tuple[str, str], 
     quote = connection.ops.quote_name
     with connection.cursor() as cursor:
         # The columns every row has the same value in are written once, as literals, not adapted row by row.
-        constants = cursor.mogrify(
-            ", ".join(f"%s::{f.db_type(connection)}" for f in fixed),
-            [f.get_db_prep_save(f.get_default(), connection) for f in fixed],
-        ).decode()
+        constants = ", ".join(
+            f"{literal(f.get_db_prep_save(f.get_default(), connection))}::{f.db_type(connection)}" for f in fixed
+        )
         result = execute_values(
             cursor,
             f"""INSERT INTO {Cdr._meta.db_table} ({", ".join(quote(f.column) for f in varying + fixed)})
-                SELECT v.*, {constants.replace("%", "%%")} FROM (VALUES %s) AS v
+                SELECT v.*, {constants} FROM (VALUES %s) AS v
                 ON CONFLICT (source, source_id) DO UPDATE SET updated_at = EXCLUDED.updated_at
                 RETURNING source, source_id, id""",
             rows,
-            template="(" + ", ".join(f"%s::{f.db_type(connection)}" for f in varying) + ")",
-            page_size=max(len(rows), 1),
+            [f.db_type(connection) for f in varying],
             fetch=True,
         )
     return {(source, source_id): pk for source, source_id, pk in result}

@@ -40,10 +40,10 @@ from django.core.validators import URLValidator
 from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from psycopg2.extras import execute_values
 
 from billing.models import Account
 from billing.services import InsufficientCredit, credit_draw
+from core.sql import execute_values
 
 from ..choices import EventStatus, MessageStatus, RejectReason
 from ..encoding import MessageTooLong, count_parts
@@ -654,7 +654,6 @@ def _store(
 def _messages_insert(rows: list[tuple], *, cursor) -> list[int]:
     """Insert a request's messages and the `accepted` event of each accepted one in one statement; their ids."""
     columns = ", ".join(name for name, _ in _MESSAGE_COLUMNS)
-    template = "(" + ", ".join(f"%s::{sql_type}" for _, sql_type in _MESSAGE_COLUMNS) + ")"
     sql = f"""WITH stored AS (
                 INSERT INTO {Message._meta.db_table} ({columns}) VALUES %s RETURNING id, status, created_at),
               events AS (
@@ -662,7 +661,7 @@ def _messages_insert(rows: list[tuple], *, cursor) -> list[int]:
                   (message_id, status, error_code, error_description, callback_batch_id, created_at)
                 SELECT id, status, '', '', NULL, created_at FROM stored WHERE status = '{MessageStatus.ACCEPTED.value}')
               SELECT id FROM stored"""
-    result = execute_values(cursor, sql, rows, template=template, page_size=len(rows), fetch=True)
+    result = execute_values(cursor, sql, rows, [sql_type for _, sql_type in _MESSAGE_COLUMNS], fetch=True)
     return [row[0] for row in result]
 
 

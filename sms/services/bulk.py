@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from django.db import connection
-from psycopg2.extras import execute_values
+
+from core.sql import execute_values
 
 
 def rows_update(
@@ -26,14 +27,13 @@ def rows_update(
         else f"{name} = v.{name}"
         for name, _ in columns
     )
-    template = "(%s::bigint, " + ", ".join(f"%s::{sql_type}" for _, sql_type in columns) + ")"
     sql = (
         f"UPDATE {table} t SET {assignments} FROM (VALUES %s) AS v (id, {', '.join(names)}) "
         f"WHERE t.id = v.id{' AND ' + where if where else ''}{' RETURNING ' + returning if returning else ''}"
     )
     with connection.cursor() as cursor:
         result = execute_values(
-            cursor, sql, rows, template=template, page_size=max(len(rows), 1), fetch=bool(returning)
+            cursor, sql, rows, ["bigint", *(sql_type for _, sql_type in columns)], fetch=bool(returning)
         )
     return list(result or [])
 
@@ -42,12 +42,9 @@ def rows_insert(*, table: str, columns: Sequence[tuple[str, str]], rows: Sequenc
     """Insert many rows in one statement (``columns`` are ``(name, SQL type)`` pairs, rows in that order)."""
     if not rows:
         return []
-    template = "(" + ", ".join(f"%s::{sql_type}" for _, sql_type in columns) + ")"
     sql = f"INSERT INTO {table} ({', '.join(name for name, _ in columns)}) VALUES %s"
     if returning:
         sql += f" RETURNING {returning}"
     with connection.cursor() as cursor:
-        result = execute_values(
-            cursor, sql, rows, template=template, page_size=max(len(rows), 1), fetch=bool(returning)
-        )
+        result = execute_values(cursor, sql, rows, [sql_type for _, sql_type in columns], fetch=bool(returning))
     return list(result or [])
