@@ -88,7 +88,7 @@ import smpplib.smpp
 
 from .encoding import ESM_CLASS_UDHI, UnsupportedDataCoding, decode, parse_concat, split_udh
 from .receipts import parse_receipt
-from .smpp_server import SmppError, parse_submit_sm, parse_tlvs
+from .smpp_server import SmppError, parse_submit_sm, parse_tlvs, submit_sm_pdu
 
 __all__ = [
     "BIND_MODES",
@@ -707,24 +707,16 @@ class SmppGateway:
 
     def _submit_sm(self, link: _Link, sequence: int, part: SubmitPart) -> bytes:
         config = self.config
-        source_ton, source_npi, source = _source_address(part.source, config.source_ton, config.source_npi)
-        pdu = link.make(
-            "submit_sm",
+        return submit_sm_pdu(
             sequence=sequence,
-            source_addr_ton=source_ton,
-            source_addr_npi=source_npi,
-            source_addr=source,
-            dest_addr_ton=config.dest_ton,
-            dest_addr_npi=config.dest_npi,
-            destination_addr=part.destination.lstrip("+"),
+            source=_source_address(part.source, config.source_ton, config.source_npi),
+            destination=(config.dest_ton, config.dest_npi, part.destination.lstrip("+")),
             esm_class=part.esm_class,
             data_coding=part.data_coding,
             registered_delivery=part.registered_delivery,
             validity_period=part.validity_period,
             short_message=part.short_message,
         )
-        pdu.sequence = sequence  # smpplib ignores a sequence= keyword once its client has numbered a PDU
-        return pdu.generate()
 
     def _wake_link_thread(self) -> None:
         with self._lock:

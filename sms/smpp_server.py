@@ -217,6 +217,51 @@ def parse_submit_sm(body: bytes) -> SubmitSm:
     )
 
 
+SUBMIT_SM = 0x00000004
+# Largest C-octet string sizes of submit_sm (SMPP 3.4 5.2), NUL included; longer values are cut, as smpplib cuts them.
+_SUBMIT_CSTRING_MAX = {"service_type": 6, "source_addr": 21, "destination_addr": 21, "validity_period": 17}
+
+
+def _cstring_field(name: str, value: str | None) -> bytes:
+    return (value or "")[: _SUBMIT_CSTRING_MAX[name] - 1].encode("latin-1") + b"\x00"
+
+
+def submit_sm_pdu(
+    *,
+    sequence: int,
+    source: tuple[int, int, str],
+    destination: tuple[int, int, str],
+    esm_class: int,
+    data_coding: int,
+    registered_delivery: int,
+    short_message: bytes,
+    validity_period: str | None = None,
+    service_type: str = "",
+) -> bytes:
+    """A whole submit_sm PDU (4.4.1), written directly: the submitter sends thousands a second, and smpplib's
+    generic PDU builder was an eighth of its CPU. Addresses are ``(ton, npi, address)``; the same octets as
+    smpplib's (sms/tests/test_smpp_codec.py compares them)."""
+    if len(short_message) > 254:
+        raise ValueError(f"short_message of {len(short_message)} octets: at most 254 fit")
+    source_ton, source_npi, source_addr = source
+    dest_ton, dest_npi, dest_addr = destination
+    body = b"".join(
+        (
+            _cstring_field("service_type", service_type),
+            bytes((source_ton, source_npi)),
+            _cstring_field("source_addr", source_addr),
+            bytes((dest_ton, dest_npi)),
+            _cstring_field("destination_addr", dest_addr),
+            bytes((esm_class, 0, 0)),  # protocol_id, priority_flag
+            b"\x00",  # schedule_delivery_time: immediate
+            _cstring_field("validity_period", validity_period),
+            bytes((registered_delivery, 0, data_coding, 0, len(short_message))),  # .. replace, .., sm_length
+            short_message,
+        )
+    )
+    return pdu(SUBMIT_SM, 0, sequence, body)
+
+
 def parse_tlvs(octets: bytes) -> dict[int, bytes]:
     """Optional parameters (tag, length, value) -> ``{tag: value}``; the first occurrence of a tag wins."""
     tlvs: dict[int, bytes] = {}
