@@ -2,6 +2,8 @@
 
 import os
 
+from celery import signals
+from django.db import close_old_connections
 from kombu import Queue
 from tenant_schemas_celery.app import CeleryApp
 
@@ -13,3 +15,11 @@ app.conf.task_queues = [
     Queue(name, routing_key=name) for name in ("default", "rating", "sms", "callcontrol", "reports")
 ]
 app.autodiscover_tasks()
+
+
+@signals.task_prerun.connect
+@signals.task_postrun.connect
+def _database_connections_check(**kwargs) -> None:
+    """What Django does around each request: drop a connection that is broken or older than CONN_MAX_AGE (Celery's
+    fix-up keeps them between tasks, see CELERY_DB_REUSE_MAX)."""
+    close_old_connections()

@@ -211,6 +211,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 4
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
+# Celery's Django fix-up closes the task's database connection before and after every task unless this is set
+# (then every 2 × this many tasks): a new PostgreSQL backend per task cost the callback worker more than the POSTs.
+# A connection found unusable is still replaced (Django's CONN_HEALTH_CHECKS).
+CELERY_DB_REUSE_MAX = int(env("CELERY_DB_REUSE_MAX", "500"))
 CELERY_BEAT_SCHEDULER = "tenant_schemas_celery.db_scheduler:TenantAwareDatabaseScheduler"
 # Periodic tasks in code. An entry without "tenant_schemas" is sent by beat to every operator's schema (the
 # scheduler's "all tenants" entries); OperatorTask skips suspended operators.
