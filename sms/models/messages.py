@@ -97,8 +97,16 @@ class Message(models.Model):
     error_code = models.CharField(max_length=32, blank=True)
     error_description = models.CharField(max_length=200, blank=True)
     smsc_message_ids = ArrayField(models.CharField(max_length=64), default=list, blank=True)
-    route = models.ForeignKey(Route, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    gateway = models.ForeignKey(Gateway, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # No foreign key constraints on the hot relations of messages, parts and events (here and below): PostgreSQL
+    # checks one with a row lock on the referenced row at every insert and every change of the column, which was
+    # four lock-and-look-ups per message. Only this module's services write these columns, with ids they just read;
+    # deletes still cascade or set null through Django's on_delete.
+    route = models.ForeignKey(
+        Route, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+    gateway = models.ForeignKey(
+        Gateway, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
     route_chain = ArrayField(
         models.BigIntegerField(), default=list, blank=True, help_text="Route ids in failover order, one per gateway."
     )
@@ -158,10 +166,10 @@ class MessagePart(models.Model):
     A part submitted again (failover, or after a crash: submission is at-least-once) gets another row.
     """
 
-    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="submits")
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="submits", db_constraint=False)
     part_index = models.PositiveSmallIntegerField()
     gateway = models.ForeignKey(  # indexed by sms_part_smsc_id (gateway, smsc_message_id)
-        Gateway, null=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+        Gateway, null=True, on_delete=models.SET_NULL, related_name="+", db_index=False, db_constraint=False
     )
     smsc_message_id = models.CharField(max_length=64, blank=True, help_text="Normalised (sms.receipts).")
     command_status = models.PositiveIntegerField(default=0)
@@ -205,12 +213,14 @@ class CallbackBatch(models.Model):
 class MessageEvent(models.Model):
     """One status change of a message, with the SMSC's error code and description when it gave one."""
 
-    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="events", db_index=False)
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, related_name="events", db_index=False, db_constraint=False
+    )
     status = models.CharField(max_length=12, choices=EventStatus.choices)
     error_code = models.CharField(max_length=32, blank=True)
     error_description = models.CharField(max_length=200, blank=True)
     callback_batch = models.ForeignKey(
-        CallbackBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+        CallbackBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="events", db_constraint=False
     )
     created_at = models.DateTimeField()
 

@@ -639,10 +639,12 @@ def receipts_record(*, gateway_id: int, receipts: list[ReceiptIn], now: datetime
         for variant in message_id_variants(receipt.smsc_message_id):
             wanted.setdefault(variant, []).append(index)
     with transaction.atomic():
+        # Not locked when read: the UPDATE below applies a receipt only to a part still without a final status, so
+        # of two transactions racing with one part's receipt (a duplicate on another bind) only one goes on with it.
         parts = list(
-            MessagePart.objects.filter(gateway_id=gateway_id, smsc_message_id__in=list(wanted))
-            .select_for_update()
-            .values("id", "message_id", "part_index", "smsc_message_id", "status")
+            MessagePart.objects.filter(gateway_id=gateway_id, smsc_message_id__in=list(wanted)).values(
+                "id", "message_id", "part_index", "smsc_message_id", "status"
+            )
         )
         part_of: dict[int, dict] = {}
         for part in parts:
@@ -650,7 +652,6 @@ def receipts_record(*, gateway_id: int, receipts: list[ReceiptIn], now: datetime
                 part_of.setdefault(index, part)
         unmatched = [r for i, r in enumerate(receipts) if i not in part_of]
         part_rows = []
-        touched: set[int] = set()
         for index, part in part_of.items():
             receipt = receipts[index]
             status = RECEIPT_STATES.get(receipt.state)
@@ -660,19 +661,26 @@ def receipts_record(*, gateway_id: int, receipts: list[ReceiptIn], now: datetime
             part["error_code"] = receipt.error_code
             part["state"] = receipt.state
             part_rows.append((part["id"], status.value, receipt.error_code[:32], receipt.done_at or now, now))
-            touched.add(part["message_id"])
-        rows_update(
-            table=MessagePart._meta.db_table,
-            columns=[
-                ("status", "text"),
-                ("error_code", "text"),
-                ("done_at", "timestamptz"),
-                ("updated_at", "timestamptz"),
-            ],
-            rows=part_rows,
-        )
-        if touched:
-            _messages_finalise(touched, parts=[p for p in part_of.values() if "state" in p], config=config, now=now)
+        final = ", ".join(f"'{state.value}'" for state in FINAL_PART_STATES)
+        applied = {
+            row[0]
+            for row in rows_update(
+                table=MessagePart._meta.db_table,
+                columns=[
+                    ("status", "text"),
+                    ("error_code", "text"),
+                    ("done_at", "timestamptz"),
+                    ("updated_at", "timestamptz"),
+                ],
+                rows=part_rows,
+                where=f"t.status NOT IN ({final})",
+                returning="t.id",
+            )
+        }
+        received = [part for part in part_of.values() if "state" in part and part["id"] in applied]
+        if received:
+            touched = {part["message_id"] for part in received}
+            _messages_finalise(touched, parts=received, config=config, now=now)
     return unmatched
 
 
