@@ -301,7 +301,7 @@ class Process:
         self.proc = subprocess.Popen(
             command,
             cwd=BASE_DIR,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PGAPPNAME": name[:60], **(env or {})},
             stdout=subprocess.PIPE if capture else sys.stderr,
             stderr=sys.stderr,
             text=True,
@@ -833,6 +833,7 @@ def profiles_record(directory: Path, targets: dict[str, int], seconds: float) ->
                         "50",
                         "--subprocesses",
                         "--nonblocking",
+                        "--gil",  # samples holding the GIL: Python's own CPU, not waits on sockets and locks
                         "--format",
                         fmt,
                         "-o",
