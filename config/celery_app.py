@@ -19,7 +19,9 @@ app.autodiscover_tasks()
 
 @signals.task_prerun.connect
 @signals.task_postrun.connect
-def _database_connections_check(**kwargs) -> None:
+def _database_connections_check(sender=None, **kwargs) -> None:
     """What Django does around each request: drop a connection that is broken or older than CONN_MAX_AGE (Celery's
-    fix-up keeps them between tasks, see CELERY_DB_REUSE_MAX)."""
-    close_old_connections()
+    fix-up keeps them between tasks, see CELERY_DB_REUSE_MAX). Not for a task run in the caller's process (apply()):
+    that connection is the caller's, maybe inside its transaction."""
+    if not getattr(getattr(sender, "request", None), "is_eager", False):
+        close_old_connections()

@@ -27,7 +27,15 @@ def ping_schema(marker: str) -> dict:
     """Report which schema the worker ran in and what it sees there: a probe for health and for tests."""
     from .models import Customer
 
-    return {"schema": connection.schema_name, "marker": marker, "customers": Customer.objects.count()}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+    return {
+        "schema": connection.schema_name,
+        "marker": marker,
+        "customers": Customer.objects.count(),
+        "backend": backend,  # the PostgreSQL session the worker used
+    }
 
 
 @shared_task(name="core.publish_live_event")

@@ -22,8 +22,27 @@ def test_task_runs_in_the_enqueuing_operators_schema(worker, world, django_db_bl
         with schema_context("rival"):
             rival = ping_schema.apply_async(("from-rival",)).get(timeout=20)
     # demo has the client Acme; rival has no customers: each task saw its own schema's rows.
-    assert demo == {"schema": "demo", "marker": "from-demo", "customers": 1}
-    assert rival == {"schema": "rival", "marker": "from-rival", "customers": 0}
+    assert {k: demo[k] for k in ("schema", "marker", "customers")} == {
+        "schema": "demo",
+        "marker": "from-demo",
+        "customers": 1,
+    }
+    assert {k: rival[k] for k in ("schema", "marker", "customers")} == {
+        "schema": "rival",
+        "marker": "from-rival",
+        "customers": 0,
+    }
+
+
+def test_a_worker_keeps_its_database_session_and_replaces_a_broken_one(worker, world, django_db_blocker):
+    with django_db_blocker.unblock(), schema_context("demo"):
+        first = ping_schema.apply_async(("one",)).get(timeout=20)["backend"]
+        second = ping_schema.apply_async(("two",)).get(timeout=20)["backend"]
+        assert second == first  # not a new PostgreSQL backend per task (CELERY_DB_REUSE_MAX)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [first])
+        after = ping_schema.apply_async(("after",)).get(timeout=20)
+    assert after["marker"] == "after" and after["backend"] != first
 
 
 def test_suspended_operators_tasks_are_skipped_and_resume_restores(worker, world, django_db_blocker):
