@@ -247,6 +247,10 @@ SMS_CALLBACK_ALLOW_PRIVATE = env_bool("SMS_CALLBACK_ALLOW_PRIVATE", False)
 # A concatenated MO message whose parts do not all arrive within this many seconds is stored as what arrived,
 # marked incomplete (sms.services.incoming).
 SMS_MO_REASSEMBLY_S = int(env("SMS_MO_REASSEMBLY_S", "600"))
+# New work waits this long before its drain starts, so the drain finds a batch (sms.services.wakeups): more delay
+# before the first submit_sm and the first callback, less CPU per message.
+SMS_SUBMIT_LINGER_S = float(env("SMS_SUBMIT_LINGER_S", "0.02"))
+SMS_CALLBACK_LINGER_S = float(env("SMS_CALLBACK_LINGER_S", "0.1"))
 
 # --- Money ----------------------------------------------------------------------------------
 # Ledger entries and CDR prices keep full precision (6 decimals); statements, invoices and reports round

@@ -5,8 +5,13 @@ enqueues one drain task (`sms.submit_pending` on the `sms` queue, `sms.callbacks
 everything due from the database in chunks and clears the flag when it finds nothing more (then looks once more, so
 a message committed meanwhile is not left behind). The flag expires on its own, so a drain lost with a killed worker
 delays work by at most KICK_TTL_MS, and the periodic `sms.maintain` task kicks again anyway.
+
+The drain a new piece of work queues starts after a short linger (SMS_SUBMIT_LINGER_S, SMS_CALLBACK_LINGER_S), so
+that it finds a batch rather than the one request or transaction that woke it: the submitter claims, charges and
+writes per batch, and the callback sender POSTs and records per round. A drain that found more work goes on at once.
 """
 
+from django.conf import settings
 from django_tenants.utils import schema_context
 
 from ..kv import key, kv
@@ -25,7 +30,7 @@ def submission_kick(*, schema: str, force: bool = False) -> bool:
     if not kv().set(_kick_key(schema, "submit"), 1, nx=True, px=KICK_TTL_MS) and not force:
         return False
     with schema_context(schema):
-        submit_pending.apply_async(queue="sms")
+        submit_pending.apply_async(queue="sms", countdown=None if force else settings.SMS_SUBMIT_LINGER_S)
     return True
 
 
@@ -39,7 +44,7 @@ def callbacks_kick(*, schema: str, force: bool = False) -> bool:
     if not kv().set(_kick_key(schema, "callbacks"), 1, nx=True, px=KICK_TTL_MS) and not force:
         return False
     with schema_context(schema):
-        callbacks_send.apply_async(queue="default")
+        callbacks_send.apply_async(queue="default", countdown=None if force else settings.SMS_CALLBACK_LINGER_S)
     return True
 
 
