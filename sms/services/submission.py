@@ -82,6 +82,7 @@ _MESSAGE_FIELDS = (
     "mobile_operator",
 )
 
+
 def _message_rows(condition: str, params: list) -> list[dict]:
     """``Message.objects.filter(...).values(*_MESSAGE_FIELDS)`` in plain SQL (``condition`` follows WHERE): the ORM
     builds the same statement anew at every call, a tenth of the submitter's CPU in its busiest transactions."""
