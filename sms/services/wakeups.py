@@ -30,7 +30,7 @@ def submission_kick(*, schema: str, force: bool = False) -> bool:
     if not kv().set(_kick_key(schema, "submit"), 1, nx=True, px=KICK_TTL_MS) and not force:
         return False
     with schema_context(schema):
-        submit_pending.apply_async(queue="sms", countdown=None if force else settings.SMS_SUBMIT_LINGER_S)
+        submit_pending.apply_async(queue="sms", countdown=None if force else settings.SMS_SUBMIT_LINGER_S or None)
     return True
 
 
@@ -44,7 +44,7 @@ def callbacks_kick(*, schema: str, force: bool = False) -> bool:
     if not kv().set(_kick_key(schema, "callbacks"), 1, nx=True, px=KICK_TTL_MS) and not force:
         return False
     with schema_context(schema):
-        callbacks_send.apply_async(queue="default", countdown=None if force else settings.SMS_CALLBACK_LINGER_S)
+        callbacks_send.apply_async(queue="default", countdown=None if force else settings.SMS_CALLBACK_LINGER_S or None)
     return True
 
 
