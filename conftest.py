@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.contrib.sessions.backends.db import SessionStore
 from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connection
@@ -21,6 +20,7 @@ from core.demo import demo_load
 from core.services import user_create
 from tenants.models import Operator
 from tenants.services import operator_provision
+from tests.sessions import session_key_for
 
 
 @dataclass
@@ -30,16 +30,6 @@ class World:
     logins: dict
     rival_staff_password: str
     sessions: dict = field(default_factory=dict)  # name -> session key, committed
-
-
-def _session_for(email: str) -> str:
-    user = get_user_model().objects.get(username=email)
-    session = SessionStore()
-    session["_auth_user_id"] = str(user.pk)
-    session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
-    session["_auth_user_hash"] = user.get_session_auth_hash()
-    session.create()
-    return session.session_key
 
 
 @pytest.fixture(scope="session")
@@ -72,12 +62,12 @@ def django_db_setup(django_db_setup, django_db_blocker, tmp_path_factory):
             rival_staff_password="rival-staff-pass",
         )
         with schema_context("demo"):
-            world.sessions["demo_staff"] = _session_for("admin@demo.localhost")
-            world.sessions["acme_user"] = _session_for("boss@acme.example")
+            world.sessions["demo_staff"] = session_key_for("admin@demo.localhost")
+            world.sessions["acme_user"] = session_key_for("boss@acme.example")
             user_create(email="watcher@demo.localhost", password="x-demo-watcher", is_staff=False)
-            world.sessions["demo_nonstaff"] = _session_for("watcher@demo.localhost")
+            world.sessions["demo_nonstaff"] = session_key_for("watcher@demo.localhost")
         with schema_context("rival"):
-            world.sessions["rival_staff"] = _session_for("admin@rival.localhost")
+            world.sessions["rival_staff"] = session_key_for("admin@rival.localhost")
         connection.set_schema_to_public()
     pytest.world = world
     yield

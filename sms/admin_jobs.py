@@ -82,7 +82,7 @@ class SmsJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="Progress")
     def progress_summary(self, job):
-        progress = getattr(job, "progress", None) or job_progress(job=job)
+        progress = job.progress  # set for every row by JobChangeList.get_results
         return (
             f"{progress['percent']}% · {progress['accepted']} accepted, {progress['invalid'] + progress['rejected']} "
             f"refused · {progress['delivered']} delivered · {progress['spent']:.2f} spent"

@@ -50,6 +50,7 @@ class RejectReason(models.TextChoices):
     NO_ROUTE = "no_route", "No route reaches this destination"
     SMSC_REJECTED = "smsc_rejected", "Every gateway refused the message"
     VALIDITY = "validity", "The validity period ended before the message could be sent"
+    CANCELLED = "cancelled", "Cancelled by the client"
 
 
 class BindMode(models.TextChoices):

@@ -672,7 +672,7 @@ class SmppGateway:
             unsendable: list[SubmitResult] = []
             for seq, queued in batch:
                 try:
-                    pdus.append(self._submit_sm(submit_link, seq, queued.part))
+                    pdus.append(self._submit_sm(seq, queued.part))
                 except Exception as exc:  # noqa: BLE001 - one odd part must not stop the link
                     logger.warning("SMPP gateway %s: cannot encode part %r: %s", self.config.name, queued.part.ref, exc)
                     with self._lock:
@@ -705,7 +705,7 @@ class SmppGateway:
         if due:
             self._queue.extendleft(reversed(due))
 
-    def _submit_sm(self, link: _Link, sequence: int, part: SubmitPart) -> bytes:
+    def _submit_sm(self, sequence: int, part: SubmitPart) -> bytes:
         config = self.config
         return submit_sm_pdu(
             sequence=sequence,

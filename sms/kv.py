@@ -50,11 +50,17 @@ return 0
 """
 
 
+def script(name: str, source: str):
+    """The Lua ``source`` registered on this thread's client (once per thread and client), by ``name``."""
+    registered = getattr(_local, name, None)
+    if registered is None or registered.registered_client is not kv():
+        registered = kv().register_script(source)
+        setattr(_local, name, registered)
+    return registered
+
+
 def gcra():
-    script = getattr(_local, "gcra", None)
-    if script is None or script.registered_client is not kv():
-        script = _local.gcra = kv().register_script(GCRA_SCRIPT)
-    return script
+    return script("gcra", GCRA_SCRIPT)
 
 
 def runner_alive(token: str) -> bool:

@@ -26,8 +26,9 @@ from core.tenancy import error_json
 
 from .services.jobs import job_file_too_large_message, job_upload_too_large
 
-# The panel's upload page and the API's job list (the router takes the path with or without its trailing slash).
-JOB_UPLOAD_PATHS = re.compile(r"^/(?:api/v1/)?sms/jobs/?$")
+# The panel's upload page and the API's job list (the router takes the path with or without its trailing slash, and
+# with a format suffix such as ``.json``).
+JOB_UPLOAD_PATHS = re.compile(r"^/(?:api/v1/)?sms/jobs(?:\.[a-z0-9]+)?/?$")
 
 
 def _refusal(path: str) -> HttpResponse:

@@ -11,10 +11,10 @@ from django.db.models import Count, Q, Sum
 
 from core.models import Customer
 
-from .choices import MessageStatus
-from .models import Message, SmsJob, SmsJobRow
+from .choices import MessageStatus, RejectReason
+from .models import JobStatus, Message, SmsJob, SmsJobRow
 from .selectors_reports import CHARGED_CREDIT, CHARGED_PARTS, csv_row
-from .services.jobs import CANCELLED, HOLD_UNTIL
+from .services.jobs import HOLD_UNTIL
 
 
 def job_list(*, customer: Customer | None):
@@ -51,8 +51,8 @@ def jobs_progress(*, jobs: list[SmsJob]) -> dict[int, dict]:
             delivered=Count("id", filter=Q(status=MessageStatus.DELIVERED)),
             undelivered=Count("id", filter=Q(status=MessageStatus.UNDELIVERED)),
             expired=Count("id", filter=Q(status=MessageStatus.EXPIRED)),
-            refused=Count("id", filter=Q(status=MessageStatus.REJECTED) & ~Q(error_code=CANCELLED)),
-            cancelled_messages=Count("id", filter=Q(status=MessageStatus.REJECTED, error_code=CANCELLED)),
+            refused=Count("id", filter=Q(status=MessageStatus.REJECTED) & ~Q(error_code=RejectReason.CANCELLED)),
+            cancelled_messages=Count("id", filter=Q(status=MessageStatus.REJECTED, error_code=RejectReason.CANCELLED)),
             # what the charge records kept, as the reports count (sms.selectors_reports): a message refused after an
             # SMSC took its first parts keeps those parts; a queued one has none charged yet
             parts=Sum(CHARGED_PARTS),
@@ -65,7 +65,7 @@ def jobs_progress(*, jobs: list[SmsJob]) -> dict[int, dict]:
         counts = by_job.get(job.pk, {})
         accepted = job.fed_rows - job.rejected_rows
         finished_rows = job.invalid_rows + job.rejected_rows + accepted
-        cancelled_rows = job.total_rows - finished_rows if job.status == "cancelled" else 0
+        cancelled_rows = job.total_rows - finished_rows if job.status == JobStatus.CANCELLED else 0
         pending = job.total_rows - finished_rows - cancelled_rows
         progress[job.pk] = {
             "total": job.total_rows,

@@ -217,9 +217,8 @@ def parse_submit_sm(body: bytes) -> SubmitSm:
     )
 
 
-SUBMIT_SM = 0x00000004
 # Largest C-octet string sizes of submit_sm (SMPP 3.4 5.2), NUL included; longer values are cut, as smpplib cuts them.
-_SUBMIT_CSTRING_MAX = {"service_type": 6, "source_addr": 21, "destination_addr": 21, "validity_period": 17}
+_SUBMIT_CSTRING_MAX = {"source_addr": 21, "destination_addr": 21, "validity_period": 17}
 
 
 def _cstring_field(name: str, value: str | None) -> bytes:
@@ -236,7 +235,6 @@ def submit_sm_pdu(
     registered_delivery: int,
     short_message: bytes,
     validity_period: str | None = None,
-    service_type: str = "",
 ) -> bytes:
     """A whole submit_sm PDU (4.4.1), written directly: the submitter sends thousands a second, and smpplib's
     generic PDU builder was an eighth of its CPU. Addresses are ``(ton, npi, address)``; the same octets as
@@ -247,7 +245,7 @@ def submit_sm_pdu(
     dest_ton, dest_npi, dest_addr = destination
     body = b"".join(
         (
-            _cstring_field("service_type", service_type),
+            b"\x00",  # service_type: the SMSC's default
             bytes((source_ton, source_npi)),
             _cstring_field("source_addr", source_addr),
             bytes((dest_ton, dest_npi)),
@@ -711,14 +709,7 @@ class SmscSimulator:
         message = encode(text)
         esm_class = ESM_CLASS_UDHI if message.part_count > 1 else 0
         for part in message.parts:
-            body = deliver_sm_body(
-                source=address_ton_npi(source),
-                destination=address_ton_npi(dest),
-                esm_class=esm_class,
-                data_coding=message.data_coding,
-                short_message=part,
-            )
-            self._deliver(system_id, _Deliverable(body, is_receipt=False))
+            self._deliver_mo(system_id, source, dest, esm_class, message.data_coding, part)
         self._flush_receivers(system_id)
         return message.part_count
 
@@ -758,17 +749,29 @@ class SmscSimulator:
                 )
             else:
                 raise ValueError(f"concat must be udh8, udh16 or sar, not {concat!r}")
-            deliver = deliver_sm_body(
-                source=address_ton_npi(source),
-                destination=address_ton_npi(dest),
-                esm_class=esm_class,
-                data_coding=message.data_coding,
-                short_message=short_message,
-                tlv_octets=tlv_octets,
-            )
-            self._deliver(system_id, _Deliverable(deliver, is_receipt=False))
+            self._deliver_mo(system_id, source, dest, esm_class, message.data_coding, short_message, tlv_octets)
         self._flush_receivers(system_id)
         return total
+
+    def _deliver_mo(
+        self,
+        system_id: str,
+        source: str,
+        dest: str,
+        esm_class: int,
+        data_coding: int,
+        short_message: bytes,
+        tlv_octets: bytes = b"",
+    ) -> None:
+        body = deliver_sm_body(
+            source=address_ton_npi(source),
+            destination=address_ton_npi(dest),
+            esm_class=esm_class,
+            data_coding=data_coding,
+            short_message=short_message,
+            tlv_octets=tlv_octets,
+        )
+        self._deliver(system_id, _Deliverable(body, is_receipt=False))
 
     # --- internals used by sessions ---
 

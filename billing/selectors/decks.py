@@ -102,15 +102,12 @@ _SHARED_VERSION = hashlib.sha256(
     Path(rating.__file__).read_bytes() + Path(__file__).read_bytes() + np.__version__.encode()
 ).hexdigest()[:16]
 _SHARED_SECONDS = 7 * 86_400
-_DECK_COLUMNS = ("prefix", "destination", "rate", "connect_fee", "first_increment", "next_increment", "min_charge")
-
-
 def _deck_digest(tariff: Tariff) -> str:
     """A digest of the tariff's rates and time bands as stored, independent of row order."""
     rates = (
         Rate.objects.filter(tariff=tariff)
         .order_by()
-        .values_list(*_DECK_COLUMNS, "effective_from", "time_band", "service")
+        .values_list(*RATE_COLUMNS)
     )
     bands = TimeBand.objects.filter(tariff=tariff).order_by().values_list("name", "weekdays", "start", "end")
     digests = []

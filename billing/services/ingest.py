@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -66,14 +66,15 @@ from ..choices import CdrStatus, Leg, Service
 from ..models import Account, Cdr, FreephoneNumber, MinutePackage, PackageUsage, Tariff
 from ..selectors.decks import cost_tariffs_get, rate_deck_get
 from ..selectors.grid import IVR, class_grid_pricer_get
-from .ledger import BulkCharge, ledger_charge_many
+from .ledger import BulkCharge, accounts_lock, ledger_charge_many
 from .packages import (
     Adjustment,
     PackageCall,
     PackagePrice,
-    accounts_lock,
     adjustments_post,
     package_counters_lock,
+    package_month,
+    package_months_bounds,
     package_period_replay,
 )
 
@@ -262,8 +263,7 @@ class RatingContext:
         return quote.amount, ""
 
     def period_start(self, moment: datetime) -> date:
-        """The first day of the calendar month of ``moment`` in the operator's time zone (a package period)."""
-        return moment.astimezone(self.zone).date().replace(day=1)
+        return package_month(moment, self.zone)
 
 
 def _accounts():
@@ -372,6 +372,45 @@ def cdr_price(cdr: Cdr, ctx: RatingContext) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class FreephoneLegPrice:
+    """What one leg of a freephone call is charged, from the call's quote on the class grid."""
+
+    amount: Decimal
+    billed_seconds: int
+    prefix: str
+    destination: str
+    extra: dict  # the grid's figures kept on the CDR
+
+
+def freephone_leg_price(quote, *, leg: str, forwarded_to: str | None, tariff_id: int) -> FreephoneLegPrice:
+    """The rule for both legs, shared by ingestion and rerating (billing.services.rerate)."""
+    termination = quote.termination_class or IVR
+    extra = {
+        "origination_class": quote.origination_class,
+        "termination_class": termination,
+        "cell_rate": None if quote.cell_rate is None else str(quote.cell_rate),
+        "leg_rate": str(quote.leg_rate),
+        "call_total": str(quote.total),
+        "tariff_id": tariff_id,
+    }
+    if leg == Leg.ORIGINATION:
+        return FreephoneLegPrice(
+            quote.origination_amount,
+            quote.billed_seconds,
+            quote.origination_prefix,
+            f"Freephone from {quote.origination_class}",
+            extra,
+        )
+    return FreephoneLegPrice(
+        quote.termination_amount,
+        quote.billed_seconds if forwarded_to else 0,  # a call ended on the own IVR bills no forwarded time
+        quote.termination_prefix,
+        f"Freephone to {termination}",
+        extra,
+    )
+
+
 def _price_freephone_leg(cdr: Cdr, ctx: RatingContext) -> None:
     """One leg of a freephone call, charged to the freephone number's owner under its tariff's class grid."""
     number = cdr.extra["freephone_number"]
@@ -393,36 +432,19 @@ def _price_freephone_leg(cdr: Cdr, ctx: RatingContext) -> None:
     except rating.Unpriced as error:
         _unrated(cdr, str(error))
         return
-    termination = quote.termination_class or IVR
-    cdr.extra.update(
-        origination_class=quote.origination_class,
-        termination_class=termination,
-        cell_rate=None if quote.cell_rate is None else str(quote.cell_rate),
-        leg_rate=str(quote.leg_rate),
-        call_total=str(quote.total),
-        tariff_id=owner.tariff.pk,
-    )
-    currency = owner.tariff.currency
-    if cdr.leg == Leg.ORIGINATION:
-        _rated(
-            cdr,
-            price=quote.origination_amount,
-            currency=currency,
-            billed=quote.billed_seconds,
-            prefix=quote.origination_prefix,
-            destination=f"Freephone from {quote.origination_class}",
-        )
-        _cost(cdr, ctx, number=cdr.caller)
-        return
+    priced = freephone_leg_price(quote, leg=cdr.leg, forwarded_to=forwarded_to, tariff_id=owner.tariff.pk)
+    cdr.extra.update(priced.extra)
     _rated(
         cdr,
-        price=quote.termination_amount,
-        currency=currency,
-        billed=quote.billed_seconds if forwarded_to else 0,
-        prefix=quote.termination_prefix,
-        destination=f"Freephone to {termination}",
+        price=priced.amount,
+        currency=owner.tariff.currency,
+        billed=priced.billed_seconds,
+        prefix=priced.prefix,
+        destination=priced.destination,
     )
-    if forwarded_to:
+    if cdr.leg == Leg.ORIGINATION:
+        _cost(cdr, ctx, number=cdr.caller)
+    elif forwarded_to:
         _cost(cdr, ctx, number=forwarded_to)
     else:
         cdr.cost = Decimal(0).quantize(rating.MICRO)  # the call ended on our own IVR: nobody to pay downstream
@@ -435,15 +457,6 @@ def _usage_key(cdr: Cdr, package: _Package, ctx: RatingContext) -> tuple[int, in
 def _package_usage_lock(cdrs: list[Cdr], ctx: RatingContext) -> dict[tuple[int, int, date], PackageUsage]:
     """The counters these package CDRs move, created if missing and locked in one fixed order (no deadlocks)."""
     return package_counters_lock(_usage_key(c, ctx.package_for(c.account, c.callee), ctx) for c in cdrs)
-
-
-def _period_bounds(period_start: date, ctx: RatingContext) -> tuple[datetime, datetime]:
-    """The first and the last-but-excluded instant of a package period (calendar month in the operator's zone)."""
-    following = (period_start.replace(day=28) + timedelta(days=4)).replace(day=1)
-    return (
-        datetime.combine(period_start, time.min, tzinfo=ctx.zone),
-        datetime.combine(following, time.min, tzinfo=ctx.zone),
-    )
 
 
 @dataclass
@@ -493,7 +506,7 @@ def _price_packaged(
         fresh = groups[key]
         counter, first = usage[key], fresh[0]
         account, package = first.account, ctx.package_for(first.account, first.callee)
-        month_start, month_end = _period_bounds(key[2], ctx)
+        month_start, month_end = package_months_bounds(key[2], key[2], ctx.zone)
         counted = Cdr.objects.filter(
             account_id=account.pk, status=CdrStatus.RATED, start__lt=month_end, extra__package=package.model.name
         )
@@ -572,11 +585,11 @@ def _own_decks(tariff_ids: set[int]) -> dict[int, rating.RateDeck]:
     return {pk: rate_deck_get(tariff=tariff) for pk, tariff in Tariff.objects.in_bulk(tariff_ids).items()}
 
 
-def _resequence(cdr: Cdr, price: PackagePrice, late: Cdr, now: datetime, into: Resequenced) -> bool:
-    """Re-price one already-charged package CDR at its new position; False when nothing about it changes."""
+def _resequence(cdr: Cdr, price: PackagePrice, late: Cdr, now: datetime, into: Resequenced) -> None:
+    """Re-price one already-charged package CDR at its new position (nothing to do when nothing about it changes)."""
     before = (cdr.price, cdr.billed_seconds, cdr.package_seconds, cdr.extra.get("package_parts"))
     if before == (price.price, price.billed_seconds, price.package_seconds, price.parts):
-        return False
+        return
     history = {
         "after": f"{late.source}:{late.source_id}",
         "at": now.isoformat(),
@@ -599,7 +612,6 @@ def _resequence(cdr: Cdr, price: PackagePrice, late: Cdr, now: datetime, into: R
                 cdr_id=cdr.pk,
             )
         )
-    return True
 
 
 # --- storing and charging ---------------------------------------------------------------------------------------------
@@ -849,9 +861,9 @@ def cdrs_rate_pending(*, tz: str | None = None, batch_size: int = 2000) -> int:
             before = {c.pk: c.unrated_reason for c in pending}
             ctx.load(pending)
             packaged = [c for c in pending if not cdr_price(c, ctx)]
-            resequenced = Resequenced()
-            if packaged:
-                resequenced = _price_packaged(packaged, ctx, _package_usage_lock(packaged, ctx))
+            resequenced = (
+                _price_packaged(packaged, ctx, _package_usage_lock(packaged, ctx)) if packaged else Resequenced()
+            )
             resequenced.apply(account_ids={c.account_id for c in pending if c.account_id})
             now = timezone.now()
             changed = [c for c in pending if c.status == CdrStatus.RATED or c.unrated_reason != before[c.pk]]

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
 
 from .. import rating
 from ..choices import EntryKind
-from ..models import Account, PackageUsage
+from ..models import PackageUsage
 from .ledger import ledger_entries_post
 
 
@@ -144,6 +144,17 @@ class Adjustment:
     cdr_id: int
 
 
+def package_month(moment: datetime, zone: tzinfo) -> date:
+    """The package period of ``moment``: the first day of its calendar month in the operator's time zone."""
+    return moment.astimezone(zone).date().replace(day=1)
+
+
+def package_months_bounds(first: date, last: date, zone: tzinfo) -> tuple[datetime, datetime]:
+    """From the start of the period ``first`` to the end (excluded) of the period ``last``, as instants."""
+    following = (last.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return datetime.combine(first, time.min, tzinfo=zone), datetime.combine(following, time.min, tzinfo=zone)
+
+
 def package_counters_lock(keys) -> dict[tuple[int, int, date], PackageUsage]:
     """Create (if missing) and lock the counters ``(account id, package id, month)``, in id order in one statement:
     every writer of counters (import, re-sequencing, rerate confirm) takes them so, before any account, so none
@@ -158,13 +169,6 @@ def package_counters_lock(keys) -> dict[tuple[int, int, date], PackageUsage]:
         account_id__in={k[0] for k in keys}, package_id__in={k[1] for k in keys}, period_start__in={k[2] for k in keys}
     )
     return {(u.account_id, u.package_id, u.period_start): u for u in rows.order_by("pk")}
-
-
-def accounts_lock(account_ids) -> None:
-    """Lock accounts in id order in one statement (as every bulk charge does), so writers cannot deadlock."""
-    ids = sorted(set(account_ids))
-    if ids:
-        list(Account.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
 
 
 def adjustments_post(adjustments: list[Adjustment]) -> int:

@@ -58,7 +58,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -69,9 +69,16 @@ from django.db.models.functions import Cast, Extract
 from django.utils import timezone
 
 from .. import rating
-from ..choices import CdrStatus, EntryKind, Leg, RerateStatus, TariffKind
+from ..choices import CdrStatus, EntryKind, RerateStatus, TariffKind
 from ..models import Account, Cdr, LedgerEntry, MinutePackage, PackageUsage, RerateRun, Tariff
-from .packages import PackageCall, PackagePrice, package_counters_lock, package_period_replay
+from .packages import (
+    PackageCall,
+    PackagePrice,
+    package_counters_lock,
+    package_month,
+    package_months_bounds,
+    package_period_replay,
+)
 
 log = logging.getLogger(__name__)
 
@@ -464,12 +471,10 @@ class _Rerating:
         return rows
 
     def _month(self, moment: datetime) -> date:
-        return moment.astimezone(ZoneInfo(self.tz)).date().replace(day=1)
+        return package_month(moment, ZoneInfo(self.tz))
 
     def _month_bounds(self, first: date, last: date) -> tuple[datetime, datetime]:
-        zone = ZoneInfo(self.tz)
-        following = (last.replace(day=28) + timedelta(days=4)).replace(day=1)
-        return datetime.combine(first, time.min, tzinfo=zone), datetime.combine(following, time.min, tzinfo=zone)
+        return package_months_bounds(first, last, ZoneInfo(self.tz))
 
     def package_groups(self) -> dict[tuple[int, str, date], int]:
         """The package periods with calls in the window: (account, package name, month) -> in-window CDRs."""
@@ -553,7 +558,8 @@ class _Rerating:
 
     def grid_rows(self) -> Iterator[list[_Row]]:
         """Freephone legs priced again on the tariff's class grid, as ingestion prices them."""
-        from ..selectors.grid import IVR, class_grid_pricer_get
+        from ..selectors.grid import class_grid_pricer_get
+        from .ingest import freephone_leg_price
 
         self.prepare()
         grids: dict[int, rating.ClassGrid | None] = {}
@@ -584,28 +590,14 @@ class _Rerating:
             except rating.Unpriced:
                 new = None
             else:
-                termination = quote.termination_class or IVR
-                patch = {
-                    "origination_class": quote.origination_class,
-                    "termination_class": termination,
-                    "cell_rate": None if quote.cell_rate is None else str(quote.cell_rate),
-                    "leg_rate": str(quote.leg_rate),
-                    "call_total": str(quote.total),
-                    "tariff_id": tariff.pk,
-                }
-                if leg == Leg.ORIGINATION:
-                    amount, new_billed = quote.origination_amount, quote.billed_seconds
-                    new_prefix, new_destination = quote.origination_prefix, f"Freephone from {quote.origination_class}"
-                else:
-                    amount, new_billed = quote.termination_amount, quote.billed_seconds if forwarded_to else 0
-                    new_prefix, new_destination = quote.termination_prefix, f"Freephone to {termination}"
+                priced = freephone_leg_price(quote, leg=leg, forwarded_to=forwarded_to, tariff_id=tariff.pk)
                 new = _New(
-                    micro=_micro(amount),
-                    billed=new_billed,
-                    prefix=new_prefix,
-                    destination=new_destination[:100],
+                    micro=_micro(priced.amount),
+                    billed=priced.billed_seconds,
+                    prefix=priced.prefix,
+                    destination=priced.destination[:100],
                     package_seconds=None,
-                    extra=patch,
+                    extra=priced.extra,
                 )
             rows.append(
                 _Row.stored(
@@ -963,7 +955,7 @@ def rerate_confirm(*, run: RerateRun) -> RerateRun:
         now = timezone.now()
         entries, cdrs, accounts = LedgerEntry._meta.db_table, Cdr._meta.db_table, Account._meta.db_table
         # Package counters first (ingestion takes them before the accounts too), then re-rate under their lock.
-        package_counters_lock(rerating.counter_keys())
+        counters = package_counters_lock(rerating.counter_keys())
         with connection.cursor() as cursor:
             cursor.execute(_CREATE_ROWS)
             cursor.execute("TRUNCATE _rerate_rows")
@@ -1021,10 +1013,12 @@ def rerate_confirm(*, run: RerateRun) -> RerateRun:
             moved, posted, adjusted = cursor.fetchone()
             if moved != copied:  # a price moved under us (another rerate, a late correction): all or nothing
                 raise stale
-        for (account_id, package_id, month), used in rerating.counters.items():
-            PackageUsage.objects.filter(account_id=account_id, package_id=package_id, period_start=month).update(
-                used_seconds=used, updated_at=now
-            )
+        replayed = []
+        for key, used in rerating.counters.items():  # the counters locked above, set to their replayed totals
+            counter = counters[key]
+            counter.used_seconds, counter.updated_at = used, now
+            replayed.append(counter)
+        PackageUsage.objects.bulk_update(replayed, ["used_seconds", "updated_at"])
         run.status, run.confirmed_at, run.finished_at = RerateStatus.CONFIRMED, now, now
         run.progress_done = run.progress_total = rerating.total
         run.error_code = run.error = ""

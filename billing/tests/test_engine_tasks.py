@@ -21,20 +21,10 @@ from billing.tests.engine_support import ENGINE_OPERATOR, engine_operator, in_en
 from billing.tests.test_engine_freephone import grid_tariff, record
 from tenants.models import Operator
 from tenants.services import operator_provision
-from tests.celery_worker import celery_worker, worker_database_url
+from tests.celery_worker import worker_database_url
 
 D = Decimal
 SECOND_OPERATOR = "engine2"
-
-
-@pytest.fixture(scope="module")
-def worker(django_db_setup, django_db_blocker):
-    from config.celery_app import app
-
-    with django_db_blocker.unblock():
-        app.control.purge()  # messages other tests enqueued without a worker (their transactions never ran them)
-        with celery_worker():
-            yield
 
 
 def _wait_for(check, timeout: float = 40) -> bool:

@@ -20,7 +20,6 @@ from billing.services import account_create, cdrs_ingest
 from billing.tests.engine_support import engine_operator, in_engine, master_line, tariff_with_deck
 from core.models import ApiKey
 from core.services import api_key_create
-from tests.celery_worker import celery_worker
 
 D = Decimal
 TIERS = [{"up_to_minutes": "20", "rate": "0.05"}, {"up_to_minutes": "25", "rate": "0.04"}]
@@ -30,16 +29,6 @@ CALLS = (
     + master_line("rt-B", "34911234567", "2023-03-10 11:00:00", 1230, account="rt-pkg")
     + master_line("rt-U", "442071234567", "2023-03-10 13:00:00", 60, account="rt-pkg")
 )
-
-
-@pytest.fixture(scope="module")
-def worker(django_db_setup, django_db_blocker):
-    from config.celery_app import app
-
-    with django_db_blocker.unblock():
-        app.control.purge()  # messages other tests enqueued without a worker (their transactions never ran them)
-        with celery_worker():
-            yield
 
 
 @pytest.fixture

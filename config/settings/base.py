@@ -247,12 +247,9 @@ SMS_CALLBACK_ALLOW_PRIVATE = env_bool("SMS_CALLBACK_ALLOW_PRIVATE", False)
 # A concatenated MO message whose parts do not all arrive within this many seconds is stored as what arrived,
 # marked incomplete (sms.services.incoming).
 SMS_MO_REASSEMBLY_S = int(env("SMS_MO_REASSEMBLY_S", "600"))
-# New work waits this long before its drain starts, so the drain finds a batch (sms.services.wakeups): more delay
-# before the first submit_sm and the first callback, less CPU per message.
+# New messages wait this long before a submission drain starts, so it claims a batch (sms.services.wakeups): more
+# delay before the first submit_sm, less CPU per message.
 SMS_SUBMIT_LINGER_S = float(env("SMS_SUBMIT_LINGER_S", "0.02"))
-# The callback sender starts at once (0): with 0.1 s, `make bench` saw its rounds stall for seconds at a time
-# (not explained yet; the submitter's linger showed no such stall).
-SMS_CALLBACK_LINGER_S = float(env("SMS_CALLBACK_LINGER_S", "0"))
 
 # --- Money ----------------------------------------------------------------------------------
 # Ledger entries and CDR prices keep full precision (6 decimals); statements, invoices and reports round

@@ -4,19 +4,11 @@ import asyncio
 
 import pytest
 from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
 
-from config.asgi import application
 from core.live import live_group
+from tests.sessions import live_communicator
 
 pytestmark = pytest.mark.django_db(transaction=False)
-
-
-def _communicator(host: str, session_key: str | None = None) -> WebsocketCommunicator:
-    headers = [(b"host", host.encode())]
-    if session_key:
-        headers.append((b"cookie", f"sessionid={session_key}".encode()))
-    return WebsocketCommunicator(application, "/ws/live/", headers=headers)
 
 
 async def _publish(schema: str, topic: str, payload: dict) -> None:
@@ -24,8 +16,8 @@ async def _publish(schema: str, topic: str, payload: dict) -> None:
 
 
 async def test_staff_receive_only_their_operators_events(world):
-    demo = _communicator("demo.localhost", world.sessions["demo_staff"])
-    rival = _communicator("rival.localhost", world.sessions["rival_staff"])
+    demo = live_communicator("demo.localhost", world.sessions["demo_staff"])
+    rival = live_communicator("rival.localhost", world.sessions["rival_staff"])
     assert (await demo.connect())[0] and (await rival.connect())[0]
     assert (await demo.receive_json_from(timeout=5))["topic"] == "hello"
     assert (await rival.receive_json_from(timeout=5))["topic"] == "hello"
@@ -46,7 +38,7 @@ async def test_staff_receive_only_their_operators_events(world):
 
 async def test_another_operators_session_is_anonymous_here(world):
     # rival's session key means nothing in demo's session table.
-    communicator = _communicator("demo.localhost", world.sessions["rival_staff"])
+    communicator = live_communicator("demo.localhost", world.sessions["rival_staff"])
     connected, code = await communicator.connect()
     assert not connected and code == 4403
 
@@ -63,7 +55,7 @@ async def test_another_operators_session_is_anonymous_here(world):
     ],
 )
 async def test_everyone_else_is_refused(world, host, session):
-    communicator = _communicator(host, world.sessions.get(session) if session else None)
+    communicator = live_communicator(host, world.sessions.get(session) if session else None)
     connected, code = await communicator.connect()
     assert not connected and code == 4403
     await asyncio.sleep(0)

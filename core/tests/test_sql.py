@@ -121,7 +121,9 @@ def test_timestamps_keep_their_instant():
     aware = datetime.datetime(2026, 3, 29, 1, 30, 15, 123456, tzinfo=datetime.timezone(datetime.timedelta(hours=5)))
     assert read_back(literal(aware), "timestamptz") == aware
     utc = datetime.datetime(2026, 11, 22, 9, 0, tzinfo=datetime.UTC)
-    assert literal(utc) == literal(utc) == "'2026-11-22T09:00:00+00:00'"  # the second from the formatted cache
+    first = literal(utc)
+    assert first == "'2026-11-22T09:00:00+00:00'"
+    assert literal(utc) is first  # the same object again: formatted once, then taken from the cache
     other = utc + datetime.timedelta(microseconds=1)
     assert read_back(literal(other), "timestamptz") == other
 

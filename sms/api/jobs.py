@@ -5,6 +5,7 @@ An SMS client's logins and keys create jobs and see, pause, resume and cancel th
 404); the operator's staff see and steer every job of the operator.
 """
 
+from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -23,6 +24,7 @@ from core.api.errors import Conflict
 from core.api.permissions import StaffOrCustomer
 from core.api.viewsets import CustomerScopedMixin
 from core.selectors import customer_for_user
+from core.tenancy import error_json
 
 from ..models import JobRowOutcome, JobStatus, Message, SmsJob
 from ..selectors_jobs import job_report_csv, job_report_filename, job_rows, jobs_progress
@@ -34,10 +36,8 @@ from ..services.jobs import (
     job_cancel,
     job_create,
     job_file_read,
-    job_file_too_large_message,
     job_pause,
     job_resume,
-    job_upload_too_large,
     message_cancel,
 )
 from .reports import csv_stream_response
@@ -168,8 +168,8 @@ def _file_invalid(exc: JobFileInvalid) -> Response:
     return Response({"error": error, "errors": exc.errors}, status=status.HTTP_400_BAD_REQUEST)
 
 
-def _refused(exc: RequestRefused) -> Response:
-    return Response({"error": {"code": exc.code, "message": exc.message, "fields": {}}}, status=exc.status)
+def _refused(exc: RequestRefused) -> HttpResponse:
+    return error_json(exc.status, exc.code, exc.message)
 
 
 @extend_schema_view(
@@ -203,8 +203,6 @@ class SmsJobViewSet(CustomerScopedMixin, mixins.ListModelMixin, mixins.RetrieveM
         },
     )
     def create(self, request, *args, **kwargs):
-        if job_upload_too_large(request.META.get("CONTENT_LENGTH")):  # refused before the body is read
-            raise exceptions.ValidationError({"file": [job_file_too_large_message()]})
         data = request.data
         upload = data.get("file")
         if upload is None or isinstance(upload, str):

@@ -144,9 +144,10 @@ class AcceptedRequest:
 
 
 def messages_accept(
-    *, customer, payload: dict, remote_ip: str | None = None, now: datetime | None = None
+    *, customer, payload: dict, remote_ip: str | None = None, now: datetime | None = None, job_id: int | None = None
 ) -> AcceptedRequest:
-    """Accept a client's request (see the module docstring for its shapes and checks)."""
+    """Accept a client's request (see the module docstring for its shapes and checks); ``job_id``: the bulk job
+    whose rows these are (sms.services.jobs), stored with each message."""
     now = now or timezone.now()
     schema = connection.schema_name
     config = sms_config_get(schema=schema)
@@ -173,7 +174,14 @@ def messages_accept(
                 draft.reject(RejectReason.FRAUD_LIMIT, limit.name)
         try:
             accepted = _store(
-                drafts, customer=customer, client=client, config=config, fraud=fraud, now=now, cursor=cursor
+                drafts,
+                customer=customer,
+                client=client,
+                config=config,
+                fraud=fraud,
+                now=now,
+                cursor=cursor,
+                job_id=job_id,
             )
         except BaseException:
             fraud.compensate()
@@ -494,6 +502,7 @@ _MESSAGE_COLUMNS = (
     ("claimed_by", "text"),
     ("not_before", "timestamptz"),
     ("done_at", "timestamptz"),
+    ("job_id", "bigint"),
     ("created_at", "timestamptz"),
     ("updated_at", "timestamptz"),
 )
@@ -535,6 +544,7 @@ def _store(
     fraud: FraudOutcome,
     now: datetime,
     cursor,
+    job_id: int | None,
 ) -> AcceptedRequest:
     request_id = uuid.uuid4()
     currency = client.currency
@@ -616,6 +626,7 @@ def _store(
                     "",
                     m.not_before,
                     now if rejected else None,
+                    job_id,
                     now,
                     now,
                 )

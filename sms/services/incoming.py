@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from django.conf import settings
 from django.db import connection
 
 from ..encoding import UnsupportedDataCoding, decode
-from ..kv import key, kv
+from ..kv import key, kv, script
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +59,14 @@ local answer = redis.call('HGETALL', KEYS[1])
 table.insert(answer, 1, 1)
 return answer
 """
-_local = threading.local()
 
 
 def _add_part_script():
-    script = getattr(_local, "add_part", None)
-    if script is None or script.registered_client is not kv():
-        script = _local.add_part = kv().register_script(_ADD_PART)
-    return script
+    return script("sms_mo_add_part", _ADD_PART)
 
 
 def reassembly_window_s() -> int:
-    return int(getattr(settings, "SMS_MO_REASSEMBLY_S", 600))
+    return settings.SMS_MO_REASSEMBLY_S
 
 
 @dataclass(frozen=True)
@@ -151,7 +146,7 @@ def incoming_parts_release(joined: Iterable[Joined]) -> None:
 def incoming_parts_expire(*, now: float | None = None) -> int:
     """Store the long MO messages of this schema whose parts did not all arrive within the window, as what
     arrived (marked incomplete). Returns how many were stored."""
-    from .submission import incoming_record  # (submission imports this module)
+    from .submission import IncomingIn, incoming_record  # (submission imports this module)
 
     schema = connection.schema_name
     now = now or time.time()
@@ -170,8 +165,6 @@ def incoming_parts_expire(*, now: float | None = None) -> int:
         if not parts:
             continue  # its hash expired (a sweep did not run for hours)
         gateway_id, source, destination, _, total = json.loads(member)
-        from .submission import IncomingIn
-
         first = IncomingIn(source, destination, "", 0, 0)
         message = _joined_message(first, parts, total)
         try:

@@ -33,7 +33,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from ..choices import MessageStatus
+from ..choices import MessageStatus, RejectReason
 from ..encoding import MessageTooLong, count_parts
 from ..kv import key, kv
 from ..models import JobRowOutcome, JobStatus, Message, SmsJob, SmsJobRow
@@ -48,7 +48,6 @@ FEED_BUDGET_S = 2.0
 FEED_STALE_S = 15  # a running job nobody fed for this long gets a feeder again (the last one died)
 FEED_KICK_TTL_MS = 10_000
 HOLD_UNTIL = datetime(9000, 1, 1, tzinfo=UTC)  # the `not_before` of a paused job's queued messages
-CANCELLED = "cancelled"  # the error code of a cancelled message (its status is `rejected`)
 NUMBER_COLUMNS = ("to", "number", "destination", "msisdn", "phone", "mobile")
 MAX_REFERENCE_PREFIX = 80
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
@@ -341,7 +340,9 @@ def job_chunk_feed(*, job_id: int, chunk_rows: int = CHUNK_ROWS, now: datetime |
             return FeedResult(_job_finish(job, now=now))
         try:
             with transaction.atomic():
-                accepted = messages_accept(customer=job.customer, payload=_payload(job, rows), now=now)
+                accepted = messages_accept(
+                    customer=job.customer, payload=_payload(job, rows), now=now, job_id=job.pk
+                )
         except CreditInsufficient as exc:
             reason = (
                 f"Out of credit: the next {len(rows)} messages cost {_money(exc.needed)} {exc.currency}, "
@@ -386,7 +387,6 @@ def job_chunk_feed(*, job_id: int, chunk_rows: int = CHUNK_ROWS, now: datetime |
             columns=[("outcome", "text"), ("reason", "text"), ("message_id", "bigint"), ("updated_at", "timestamptz")],
             rows=updates,
         )
-        Message.objects.filter(pk__in=[m.id for m in accepted.messages]).update(job_id=job.pk)
         job.fed_rows += len(rows)
         job.rejected_rows += refused
         job.last_fed_at = now
@@ -540,7 +540,10 @@ def messages_cancel(*, queryset, now: datetime | None = None, batch: int = 1000)
                 break
             last_id = rows[-1]["id"]
             _close(
-                [_Closing(row, MessageStatus.REJECTED, CANCELLED, "Cancelled by the client") for row in rows],
+                [
+                    _Closing(row, MessageStatus.REJECTED, RejectReason.CANCELLED, RejectReason.CANCELLED.label)
+                    for row in rows
+                ],
                 config=config,
                 now=now,
             )

@@ -106,6 +106,7 @@ PART_TO_MESSAGE = {
     PartStatus.REJECTED: MessageStatus.REJECTED,
 }
 FINAL_PART_STATES = frozenset(PART_TO_MESSAGE)
+_FINAL_PART_STATES_SQL = ", ".join(f"'{state.value}'" for state in FINAL_PART_STATES)
 
 # GSM MAP / SMSC error codes receipts commonly carry (3GPP TS 29.002), for the client's description.
 NETWORK_ERRORS = {
@@ -669,7 +670,6 @@ def receipts_record(*, gateway_id: int, receipts: list[ReceiptIn], now: datetime
             part["error_code"] = receipt.error_code
             part["state"] = receipt.state
             part_rows.append((part["id"], status.value, receipt.error_code[:32], receipt.done_at or now, now))
-        final = ", ".join(f"'{state.value}'" for state in FINAL_PART_STATES)
         applied = {
             row[0]
             for row in rows_update(
@@ -681,11 +681,11 @@ def receipts_record(*, gateway_id: int, receipts: list[ReceiptIn], now: datetime
                     ("updated_at", "timestamptz"),
                 ],
                 rows=part_rows,
-                where=f"t.status NOT IN ({final})",
+                where=f"t.status NOT IN ({_FINAL_PART_STATES_SQL})",
                 returning="t.id",
             )
         }
-        received = [part for part in part_of.values() if "state" in part and part["id"] in applied]
+        received = [part for part in part_of.values() if part["id"] in applied]
         if received:
             touched = {part["message_id"] for part in received}
             _messages_finalise(touched, parts=received, config=config, now=now)
@@ -790,8 +790,6 @@ def incoming_record(*, gateway_id: int | None, messages: list[IncomingIn]) -> li
     """Store MO messages. Each is attributed to the client owning the sender id it was sent to, else to the client
     that last texted the subscriber; a STOP (or UNSUBSCRIBE, CANCEL…) puts the subscriber on that client's
     opt-out list. Parts of a long MO are held until the message is whole (sms.services.incoming)."""
-    if not messages:
-        return []
     messages, joined = incoming_parts_join(gateway_id=gateway_id, messages=messages)
     if not messages:
         return []

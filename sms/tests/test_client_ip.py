@@ -167,7 +167,7 @@ def test_drf_through_a_trusted_proxy_the_real_client_ip_is_checked(demo_client, 
 
 
 @pytestmark_db
-def test_drf_the_proxy_itself_is_not_the_client_when_trusted(demo_client, restricted):
+def test_drf_without_trusted_proxies_the_proxys_own_address_is_checked(demo_client, restricted):
     # Without TRUSTED_PROXIES the proxy's address is what the allow-list sees (and it is not allowed).
     with override_settings(TRUSTED_PROXIES=[]):
         response = post(demo_client, restricted, REMOTE_ADDR="10.0.0.6", HTTP_X_FORWARDED_FOR="203.0.113.7")
@@ -251,9 +251,3 @@ async def test_asgi_a_trusted_proxy_without_forwarded_for_is_refused(asgi_world,
     finally:
         await sync_to_async(allow)([ALLOWED])
     assert status == 403 and body["error"]["code"] == "ip_not_allowed", body
-
-
-@pytestmark_db
-def test_asgi_module_has_a_database():
-    # (Makes pytest-django set the test database up when this module runs alone.)
-    assert HOST.endswith(".localhost")

@@ -2,7 +2,6 @@
 
 import threading
 
-import pytest
 from django.db import connections
 from django_tenants.utils import schema_context
 
@@ -14,11 +13,6 @@ from .conftest import operator_for_tests, sms_world_make
 
 SCHEMA = "s1dup"
 RACERS = 6
-
-
-@pytest.mark.django_db
-def test_the_module_has_a_test_database():  # see operator_for_tests: committed tests need one collected `db` test
-    assert connections["default"].settings_dict["NAME"].startswith("test_")
 
 
 def test_racing_copies_of_one_message_are_accepted_once(django_db_setup, django_db_blocker):

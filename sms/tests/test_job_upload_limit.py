@@ -115,9 +115,12 @@ def scope(path: str, length: str) -> dict:
     }
 
 
-@pytest.mark.parametrize(("path", "content_type"), [(JOBS_API, b"application/json"), (JOBS_PAGE, b"text/html")])
-async def test_the_asgi_guard_answers_413_without_receiving_the_body(path, content_type):
-    communicator = ApplicationCommunicator(job_upload_size_guard(application), scope(path, HUGE))
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [(JOBS_API, b"application/json"), (JOBS_API + ".json", b"application/json"), (JOBS_PAGE, b"text/html")],
+)
+async def test_the_platforms_asgi_application_answers_413_without_receiving_the_body(path, content_type):
+    communicator = ApplicationCommunicator(application, scope(path, HUGE))  # as config.asgi wires the guard
     # no http.request message is ever sent: the answer comes from the headers alone
     start = await communicator.receive_output(timeout=5)
     body = await communicator.receive_output(timeout=5)

@@ -151,7 +151,7 @@ def test_semicolon_files_and_column_names_in_any_case_work(sms_world, in_schema)
 # --- filling the template ---
 
 
-def test_template_filling_picks_gsm_or_ucs2_per_row():
+def test_template_filling_replaces_columns_and_keeps_doubled_braces_literal():
     assert template_fill("{{x}} {Name}: {code}", {"name": "Ann", "code": "42"}) == "{x} Ann: 42"
 
 

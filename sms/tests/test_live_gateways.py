@@ -9,33 +9,19 @@ import asyncio
 import gc
 
 import pytest
-from channels.testing import WebsocketCommunicator
-from django.contrib.auth import get_user_model
-from django.contrib.sessions.backends.db import SessionStore
 from django.db import connections
 from django.test import Client
 from django_tenants.utils import schema_context
 
-from config.asgi import application
 from config.celery_app import app as celery_app
 from sms.runner import Runner
 from sms.smpp_server import SmscSimulatorThread
+from tests.sessions import live_communicator, session_key_for
 
 from .conftest import operator_for_tests, sms_world_make
 
 SCHEMA = "h5live"
 GATEWAY = "h5-live-upstream"  # unique: the channel layer's Redis is shared with other test runs
-
-
-def _staff_session(schema: str, email: str) -> str:
-    with schema_context(schema):
-        user = get_user_model().objects.get(username=email)
-        session = SessionStore()
-        session["_auth_user_id"] = str(user.pk)
-        session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
-        session["_auth_user_hash"] = user.get_session_auth_hash()
-        session.create()
-        return session.session_key
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +31,11 @@ def live(django_db_setup, django_db_blocker):
             world = sms_world_make(
                 schema=SCHEMA, staff=f"admin@{SCHEMA}.localhost", port=smsc.port, gateway_settings={"name": GATEWAY}
             )
-            session = _staff_session(SCHEMA, f"admin@{SCHEMA}.localhost")
+            with schema_context(SCHEMA):
+                session = session_key_for(f"admin@{SCHEMA}.localhost")
             yield smsc, world, session
             gc.collect()  # connections of finished channels threads
             celery_app.control.purge()  # wake-ups of the accepted messages: the test drains them itself
-
-
-def _communicator(host, session_key):
-    headers = [(b"host", host.encode()), (b"cookie", f"sessionid={session_key}".encode())]
-    return WebsocketCommunicator(application, "/ws/live/", headers=headers)
 
 
 async def _in_thread(function, *args, **kwargs):
@@ -69,7 +51,7 @@ async def _in_thread(function, *args, **kwargs):
 
 
 async def _connected(host, session_key):
-    communicator = _communicator(host, session_key)
+    communicator = live_communicator(host, session_key)
     connected, _ = await communicator.connect()
     assert connected
     assert (await communicator.receive_json_from(timeout=5))["topic"] == "hello"
@@ -150,5 +132,6 @@ async def test_staff_see_bind_throughput_queue_depth_and_unbind_and_no_one_else_
 
 @pytest.mark.django_db
 def test_module_has_a_database():
-    # (Makes pytest-django set the test database up when this module runs alone.)
+    # Makes pytest-django own the test database when this module runs alone: the database conftest makes itself
+    # in that case cannot be dropped while the channel layer's threads still hold connections.
     assert SCHEMA != "demo"
