@@ -28,17 +28,29 @@ from .selectors_reports import (
 PAGE_SIZE = 50
 
 
+def panel_client(request):
+    """The logged-in SMS client's customer and client settings (404 for any other login)."""
+    customer = customer_for_user(user=request.user)
+    client = sms_client_for_customer(customer=customer)
+    if client is None:
+        raise Http404("Not an SMS client.")
+    return customer, client
+
+
+def panel_zone(request) -> zoneinfo.ZoneInfo:
+    """The operator's time zone, in which the panel shows days and times."""
+    return zoneinfo.ZoneInfo(getattr(request.tenant, "time_zone", "UTC"))
+
+
 @login_required
 def messages_page(request):
-    customer = customer_for_user(user=request.user)
-    if sms_client_for_customer(customer=customer) is None:
-        raise Http404("Not an SMS client.")
+    customer, _ = panel_client(request)
     status = request.GET.get("status", "")
     queryset = message_list(customer=customer)
     if status in MessageStatus.values:
         queryset = queryset.filter(status=status)
     page = Paginator(queryset.only(*_COLUMNS), PAGE_SIZE).get_page(request.GET.get("page"))
-    zone = zoneinfo.ZoneInfo(getattr(request.tenant, "time_zone", "UTC"))
+    zone = panel_zone(request)
     midnight = datetime.combine(timezone.now().astimezone(zone).date(), time.min, tzinfo=zone)
     return render(
         request,
@@ -107,10 +119,8 @@ class ReportForm(forms.Form):
 
 
 def _report_form(request) -> tuple:
-    customer = customer_for_user(user=request.user)
-    if sms_client_for_customer(customer=customer) is None:
-        raise Http404("Not an SMS client.")
-    zone = zoneinfo.ZoneInfo(getattr(request.tenant, "time_zone", "UTC"))
+    customer, _ = panel_client(request)
+    zone = panel_zone(request)
     return customer, ReportForm(request.GET, zone=zone), zone
 
 

@@ -1,7 +1,6 @@
 """The client panel's bulk jobs page: upload a CSV with a text template (now or scheduled), follow each job's
 progress, pause, resume or cancel it, download its report. The same services as the API's."""
 
-import zoneinfo
 from datetime import datetime
 
 from django import forms
@@ -11,11 +10,8 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from core.selectors import customer_for_user
-
 from .api.reports import csv_stream_response
 from .models import SmsJob
-from .selectors import sms_client_for_customer
 from .selectors_jobs import job_list, job_report_csv, job_report_filename, jobs_progress
 from .services.jobs import (
     JobFileInvalid,
@@ -28,6 +24,7 @@ from .services.jobs import (
     job_pause,
     job_resume,
 )
+from .views import panel_client, panel_zone
 
 PAGE_SIZE = 20
 
@@ -54,14 +51,6 @@ class JobUploadForm(forms.Form):
         self.fields["sender"].choices = [(s, s) for s in sender_ids] or [("", "—")]
 
 
-def _client(request):
-    customer = customer_for_user(user=request.user)
-    client = sms_client_for_customer(customer=customer)
-    if client is None:
-        raise Http404("Not an SMS client.")
-    return customer, client
-
-
 def _own_job(customer, pk: int) -> SmsJob:
     job = job_list(customer=customer).filter(pk=pk).first()
     if job is None:
@@ -71,8 +60,8 @@ def _own_job(customer, pk: int) -> SmsJob:
 
 @login_required
 def jobs_page(request):
-    customer, client = _client(request)
-    zone = zoneinfo.ZoneInfo(getattr(request.tenant, "time_zone", "UTC"))
+    customer, client = panel_client(request)
+    zone = panel_zone(request)
     file_errors: list[dict] = []
     status = 200
     if request.method == "POST":
@@ -143,7 +132,7 @@ _OPERATIONS = {"pause": job_pause, "resume": job_resume, "cancel": job_cancel}
 @login_required
 @require_POST
 def job_action(request, pk: int, operation: str):
-    customer, _ = _client(request)
+    customer, _ = panel_client(request)
     job = _own_job(customer, pk)
     if operation not in _OPERATIONS:
         raise Http404("No such action.")
@@ -156,6 +145,6 @@ def job_action(request, pk: int, operation: str):
 
 @login_required
 def job_report(request, pk: int):
-    customer, _ = _client(request)
+    customer, _ = panel_client(request)
     job = _own_job(customer, pk)
     return csv_stream_response(job_report_csv(job=job), request=request, filename=job_report_filename(job))
